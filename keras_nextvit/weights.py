@@ -1,0 +1,437 @@
+"""PyTorch checkpoints -> Keras variables, and the published presets.
+
+A Next-ViT checkpoint comes in two namings that hold the same tensors in the
+same order:
+
+* timm's: ``stages.{s}.blocks.{b}.…``, ``mlp.fc1``/``fc2``, ``head.fc``;
+* the upstream repository's: ``features.{i}.…`` (blocks numbered across
+  stages), ``mlp.conv1``/``conv2``, ``proj_head.0``.
+
+Both are read from ``.pth`` (PyTorch, ``weights_only=True``),
+``.safetensors`` (no torch needed), ``.npz`` or a mapping of name -> array,
+renamed to timm's naming, checked tensor by tensor against the model, and
+only then assigned: a checkpoint either loads whole or raises an error that
+names what does not fit.
+
+Layout changes happen here and nowhere else: conv ``[out, in/groups, kh, kw]``
+-> ``[kh, kw, in/groups, out]``; linear ``[out, in]`` and 1x1 conv
+``[out, in, 1, 1]`` -> Dense ``[in, out]``.
+"""
+
+import difflib
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import keras
+import numpy as np
+
+from . import presets
+from .layers import EfficientMHSA, _Composite
+
+CACHE_ENV = "KERAS_NEXTVIT_CACHE"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model."""
+
+
+# --------------------------------------------------------------------------
+# Walking the model in PyTorch state-dict order
+# --------------------------------------------------------------------------
+
+_BN_TENSORS = (
+    ("weight", "gamma"),
+    ("bias", "beta"),
+    ("running_mean", "moving_mean"),
+    ("running_var", "moving_variance"),
+)
+
+
+def _walk(layer, prefix, linear):
+    """Yield ``(torch_name, kind, variable)`` for one layer, recursively.
+
+    ``kind`` is ``conv`` (k x k conv), ``conv1x1`` or ``linear`` (both are
+    Keras Dense), ``vector`` (bias and BatchNorm tensors) or ``counter``
+    (``num_batches_tracked``, which Keras does not keep).
+    """
+    if isinstance(layer, keras.layers.BatchNormalization):
+        for torch_attr, keras_attr in _BN_TENSORS:
+            yield f"{prefix}.{torch_attr}", "vector", getattr(layer, keras_attr)
+        yield f"{prefix}.num_batches_tracked", "counter", None
+    elif isinstance(layer, keras.layers.Conv2D):
+        yield f"{prefix}.weight", "conv", layer.kernel
+        if layer.use_bias:
+            yield f"{prefix}.bias", "vector", layer.bias
+    elif isinstance(layer, keras.layers.Dense):
+        yield f"{prefix}.weight", "linear" if linear else "conv1x1", layer.kernel
+        if layer.use_bias:
+            yield f"{prefix}.bias", "vector", layer.bias
+    elif isinstance(layer, _Composite):
+        child_linear = isinstance(layer, EfficientMHSA)
+        for attr, child in layer.torch_children():
+            yield from _walk(child, f"{prefix}.{attr}", child_linear)
+
+
+def torch_tensors(model):
+    """Every tensor of the reference state dict for ``model``, in order:
+    ``(torch_name, kind, keras_variable_or_None)``."""
+    for layer in model.layers:
+        yield from _walk(layer, layer.name, linear=layer.name == "head.fc")
+
+
+def _torch_shape(kind, variable):
+    shape = tuple(variable.shape)
+    if kind == "conv":
+        kh, kw, cin, cout = shape
+        return (cout, cin, kh, kw)
+    if kind == "linear":
+        return (shape[1], shape[0])
+    if kind == "conv1x1":
+        return (shape[1], shape[0], 1, 1)
+    return shape
+
+
+def torch_state_dict_spec(model):
+    """``[(name, shape), ...]`` of the reference PyTorch state dict (timm
+    naming) that matches ``model``; the order is the state-dict order."""
+    return [
+        (name, () if kind == "counter" else _torch_shape(kind, var))
+        for name, kind, var in torch_tensors(model)
+    ]
+
+
+def _to_keras(name, kind, array, variable):
+    """Convert one PyTorch tensor to the variable's layout, or raise."""
+    array = np.asarray(array)
+    expected = _torch_shape(kind, variable)
+    shape = tuple(array.shape)
+    fits = shape == expected
+    if kind == "conv1x1" and shape == expected[:2]:
+        fits = True  # a Linear-shaped 1x1 conv is the same matrix
+    if kind == "linear" and shape == expected + (1, 1):
+        fits = True
+    if not fits:
+        raise CheckpointError(
+            f"Tensor {name!r}: checkpoint shape {shape} does not fit the model, which "
+            f"expects {expected} (PyTorch layout) for variable {variable.path!r}."
+        )
+    if kind == "conv":
+        array = array.transpose(2, 3, 1, 0)
+    elif kind in ("conv1x1", "linear"):
+        array = array.reshape(array.shape[0], array.shape[1]).T
+    return np.ascontiguousarray(array, dtype=variable.dtype)
+
+
+# --------------------------------------------------------------------------
+# Reading checkpoints
+# --------------------------------------------------------------------------
+
+
+def _unwrap(state, source):
+    for key in ("state_dict", "model", "model_state", "module"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: not a checkpoint (found {type(state).__name__}).")
+    out = OrderedDict()
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{source}: not a checkpoint (key {key!r} is not a name).")
+        key = key[len("module."):] if key.startswith("module.") else key
+        if hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu().numpy()
+        try:
+            out[key] = np.asarray(value)
+        except Exception as error:  # noqa: BLE001
+            raise CheckpointError(f"{source}: entry {key!r} is not an array ({error}).")
+        if out[key].dtype == object:
+            raise CheckpointError(f"{source}: entry {key!r} is not a numeric array.")
+    if not out:
+        raise CheckpointError(f"{source}: the checkpoint holds no tensors.")
+    return out
+
+
+def _read_torch(path):
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"Reading {path} needs PyTorch (pip install torch); a timm .safetensors "
+            "checkpoint loads without it."
+        ) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(
+            f"{path}: could not be read as a PyTorch checkpoint; the file is truncated, "
+            f"corrupt or not a checkpoint ({type(error).__name__}: {error})."
+        ) from None
+
+
+def _read_safetensors(path):
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise ImportError(
+            f"Reading {path} needs the safetensors package (pip install safetensors)."
+        ) from None
+    try:
+        return load_file(path)
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(
+            f"{path}: could not be read as a .safetensors checkpoint; the file is "
+            f"truncated, corrupt or not a checkpoint ({type(error).__name__}: {error})."
+        ) from None
+
+
+def _read_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(
+            f"{path}: could not be read as a .npz checkpoint ({type(error).__name__}: {error})."
+        ) from None
+
+
+def read_checkpoint(source):
+    """Read ``source`` (path or mapping) into an ordered ``{name: ndarray}``."""
+    if isinstance(source, Mapping):
+        return _unwrap(source, "mapping")
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        state = _read_safetensors(path)
+    elif lower.endswith(".npz"):
+        state = _read_npz(path)
+    elif lower.endswith((".pth", ".pt", ".bin", ".tar", ".ckpt")) or head[:2] == b"PK":
+        state = _read_torch(path)
+    else:
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format; expected .pth/.pt (PyTorch), "
+            ".safetensors, .npz, or .weights.h5 (Keras)."
+        )
+    return _unwrap(state, path)
+
+
+# --------------------------------------------------------------------------
+# Naming
+# --------------------------------------------------------------------------
+
+_TIMM_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.")
+_OFFICIAL_BLOCK = re.compile(r"^features\.(\d+)\.(.*)$")
+
+
+def model_depths(model):
+    """Blocks per stage of a Next-ViT Keras model."""
+    counts = [0, 0, 0, 0]
+    for layer in model.layers:
+        match = re.match(r"^stages\.(\d+)\.blocks\.(\d+)$", layer.name)
+        if match:
+            counts[int(match[1])] += 1
+    return tuple(counts)
+
+
+def checkpoint_depths(state):
+    """Blocks per stage found in a timm-named state dict."""
+    blocks = {}
+    for key in state:
+        match = _TIMM_BLOCK.match(key)
+        if match:
+            s, b = int(match[1]), int(match[2])
+            blocks[s] = max(blocks.get(s, -1), b)
+    return tuple(blocks.get(s, -1) + 1 for s in range(4))
+
+
+def is_official_naming(state):
+    return any(key.startswith(("features.", "proj_head.")) for key in state)
+
+
+def official_to_timm(state, depths):
+    """Rename an upstream-repository state dict to timm's naming.
+
+    ``features.{i}`` is the i-th block across all stages; ``depths`` says
+    where stages start. Blocks beyond ``sum(depths)`` keep a name that no
+    model has, so the loader reports them.
+    """
+    starts = np.cumsum((0,) + tuple(depths))
+    out = OrderedDict()
+    for key, value in state.items():
+        new = key
+        match = _OFFICIAL_BLOCK.match(key)
+        if match:
+            index, rest = int(match[1]), match[2]
+            stage = int(np.searchsorted(starts, index, side="right")) - 1
+            if stage < len(depths):
+                new = f"stages.{stage}.blocks.{index - starts[stage]}.{rest}"
+            new = new.replace(".mlp.conv1.", ".mlp.fc1.").replace(".mlp.conv2.", ".mlp.fc2.")
+        elif key.startswith("proj_head.0."):
+            new = "head.fc." + key[len("proj_head.0."):]
+        out[new] = value
+    return out
+
+
+def _variant_of(depths):
+    for name, config in presets.VARIANTS.items():
+        if tuple(config["depths"]) == tuple(depths):
+            return f"Next-ViT-{name[0].upper()} {tuple(depths)}"
+    return f"depths {tuple(depths)}"
+
+
+def _official_block_count(state):
+    return len({int(m[1]) for m in map(_OFFICIAL_BLOCK.match, state) if m})
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+
+
+def _summarise(names, limit=6):
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def load_torch_weights(model, source):
+    """Load a PyTorch Next-ViT checkpoint into ``model``.
+
+    Args:
+        model: a model from :func:`keras_nextvit.NextViT` (any head).
+        source: path to a ``.pth``/``.pt``, ``.safetensors`` or ``.npz``
+            file, or a mapping of tensor name -> array, in timm's or the
+            upstream repository's naming.
+
+    A headless model (``include_top=False``) ignores the checkpoint's
+    classifier; a model with a head needs one of the same width. Any missing,
+    unexpected or mis-shaped tensor raises :class:`CheckpointError` naming
+    it, and then nothing is assigned.
+
+    Returns:
+        ``model``.
+    """
+    raw = read_checkpoint(source)
+    depths = model_depths(model)
+    official = is_official_naming(raw)
+    state = official_to_timm(raw, depths) if official else raw
+    state = OrderedDict((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+
+    expected = [(n, k, v) for n, k, v in torch_tensors(model) if k != "counter"]
+    expected_names = {n for n, _, _ in expected}
+    has_head = any(n.startswith("head.") for n in expected_names)
+    missing = [n for n in expected_names if n not in state]
+    unexpected = [
+        k for k in state if k not in expected_names and not (not has_head and k.startswith("head."))
+    ]
+    if missing or unexpected:
+        found = (
+            f"{_official_block_count(raw)} blocks in all"
+            if official
+            else _variant_of(checkpoint_depths(state))
+        )
+        message = [
+            f"Checkpoint does not fit model {model.name!r} ({_variant_of(depths)}); "
+            f"the checkpoint looks like {found}."
+        ]
+        if missing:
+            message.append(f"Missing from the checkpoint: {_summarise(sorted(missing))}.")
+        if unexpected:
+            message.append(f"Not in the model: {_summarise(unexpected)}.")
+        raise CheckpointError(" ".join(message))
+
+    values = []
+    for name, kind, variable in expected:
+        try:
+            values.append((variable, _to_keras(name, kind, state[name], variable)))
+        except CheckpointError as error:
+            if name.startswith("head.fc.weight"):
+                raise CheckpointError(
+                    f"{error} The checkpoint's classifier has {np.shape(state[name])[0]} "
+                    "classes: build the model with that many `classes`, or with "
+                    "include_top=False."
+                ) from None
+            raise
+    for variable, value in values:
+        variable.assign(value)
+    return model
+
+
+# --------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------
+
+
+def is_preset(weights):
+    return isinstance(weights, str) and weights in presets.PRESETS
+
+
+def get_preset(name):
+    """The data of a published checkpoint (variant, hub id, size, crop...)."""
+    if name in presets.PRESETS:
+        return presets.PRESETS[name]
+    close = difflib.get_close_matches(str(name), presets.PRESETS, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"Unknown preset {name!r}.{hint} Known presets: {', '.join(presets.PRESETS)}. "
+        "`weights` also takes a path to a .weights.h5, .pth, .safetensors or .npz file."
+    )
+
+
+def cache_dir(cache=None):
+    """Where presets are kept: ``cache``, else ``$KERAS_NEXTVIT_CACHE``,
+    else ``~/.keras/keras_nextvit``."""
+    if cache is not None:
+        return os.fspath(cache)
+    return os.environ.get(CACHE_ENV) or os.path.join(
+        os.path.expanduser("~"), ".keras", "keras_nextvit"
+    )
+
+
+def preset_path(name, cache=None):
+    """Where preset ``name`` lives in the cache (whether or not it is there)."""
+    get_preset(name)
+    return os.path.join(cache_dir(cache), f"{name}.safetensors")
+
+
+def download_preset(name, cache=None, download=True):
+    """Path of preset ``name``'s checkpoint, downloading it once if needed.
+
+    With ``download=False`` a missing file is an error instead of a download.
+    """
+    preset = get_preset(name)
+    path = preset_path(name, cache)
+    if os.path.isfile(path):
+        return path
+    url = presets.HF_HUB_URL.format(repo=preset["hf_hub_id"], filename=preset["filename"])
+    if not download:
+        raise FileNotFoundError(
+            f"Preset {name!r} is not in the cache ({path}). Download it from {url} to "
+            "that path, or allow downloads."
+        )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return keras.utils.get_file(
+        fname=os.path.basename(path), origin=url, cache_dir=os.path.dirname(path), cache_subdir=""
+    )
+
+
+def load_weights(model, weights, cache=None):
+    """Load ``weights`` (preset name or file path) into ``model``."""
+    if is_preset(weights):
+        return load_torch_weights(model, download_preset(weights, cache))
+    if isinstance(weights, Mapping):
+        return load_torch_weights(model, weights)
+    path = os.fspath(weights)
+    if not os.path.exists(path):
+        if os.sep not in path and "." in path and not path.endswith((".h5", ".pth", ".safetensors")):
+            get_preset(path)  # raises the unknown-preset error
+        raise FileNotFoundError(f"Weights file not found: {path}")
+    if path.endswith(".weights.h5"):
+        model.load_weights(path)
+        return model
+    return load_torch_weights(model, path)
