@@ -3,8 +3,11 @@
 The functional graph mirrors the reference module tree, layer for layer and
 name for name::
 
-    input_check -> stem.0 .. stem.3 -> stages.{s}.blocks.{b} ... -> norm
-                -> avg_pool -> head.fc
+    input_check -> stem_0 .. stem_3 -> stages_{s}_blocks_{b} ... -> norm
+                -> avg_pool -> head_fc
+
+Keras names cannot hold dots on every backend, so the reference's ``stem.0``
+is ``stem_0`` here; :func:`torch_prefix` turns one into the other.
 """
 
 import keras
@@ -35,8 +38,14 @@ def stage_plan(depths):
     ]
 
 
+def torch_prefix(layer_name):
+    """The reference module path of a top-level layer: ``stages_2_blocks_4``
+    -> ``stages.2.blocks.4``, ``head_fc`` -> ``head.fc``."""
+    return layer_name.replace("_", ".")
+
+
 def block_name(stage, block):
-    return f"stages.{stage}.blocks.{block}"
+    return f"stages_{stage}_blocks_{block}"
 
 
 def _resolve_input_shape(input_shape, input_tensor, preset):
@@ -147,7 +156,7 @@ def NextViT(
     )
     c0, c1, c2 = stem_channels
     for i, (filters, stride) in enumerate(((c0, 2), (c1, 1), (c2, 1), (c2, 2))):
-        x = ConvBNReLU(filters, 3, strides=stride, name=f"stem.{i}")(x)
+        x = ConvBNReLU(filters, 3, strides=stride, name=f"stem_{i}")(x)
 
     total_blocks = sum(len(stage) for stage in plan)
     block_index = 0
@@ -176,7 +185,7 @@ def NextViT(
     x = _batch_norm("norm")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dense(classes, activation=classifier_activation, name="head.fc")(x)
+        x = keras.layers.Dense(classes, activation=classifier_activation, name="head_fc")(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
@@ -240,16 +249,22 @@ NextViTBase = _variant_builder("base", "nextvit_base")
 NextViTLarge = _variant_builder("large", "nextvit_large")
 
 
+def model_depths(model):
+    """Blocks per stage of a Next-ViT Keras model, read from its layer names."""
+    counts = [0, 0, 0, 0]
+    for layer in model.layers:
+        parts = layer.name.split("_")
+        if len(parts) == 4 and parts[0] == "stages" and parts[2] == "blocks":
+            counts[int(parts[1])] += 1
+    return tuple(counts)
+
+
 def stage_block_names(model):
     """Names of the last block of each stage of a Next-ViT model."""
-    last = {}
-    for layer in model.layers:
-        if layer.name.startswith("stages."):
-            _, s, _, b = layer.name.split(".")
-            last[int(s)] = max(last.get(int(s), -1), int(b))
-    if sorted(last) != [0, 1, 2, 3]:
+    depths = model_depths(model)
+    if min(depths) < 1:
         raise ValueError(f"Model {model.name!r} does not look like a Next-ViT (no four stages).")
-    return [block_name(s, last[s]) for s in range(4)]
+    return [block_name(s, depths[s] - 1) for s in range(4)]
 
 
 def feature_extractor(model, name=None):

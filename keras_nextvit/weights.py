@@ -29,6 +29,7 @@ import numpy as np
 
 from . import presets
 from .layers import EfficientMHSA, _Composite
+from .model import model_depths, torch_prefix
 
 CACHE_ENV = "KERAS_NEXTVIT_CACHE"
 
@@ -78,7 +79,8 @@ def torch_tensors(model):
     """Every tensor of the reference state dict for ``model``, in order:
     ``(torch_name, kind, keras_variable_or_None)``."""
     for layer in model.layers:
-        yield from _walk(layer, layer.name, linear=layer.name == "head.fc")
+        prefix = torch_prefix(layer.name)
+        yield from _walk(layer, prefix, linear=prefix == "head.fc")
 
 
 def _torch_shape(kind, variable):
@@ -226,16 +228,6 @@ def read_checkpoint(source):
 
 _TIMM_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.")
 _OFFICIAL_BLOCK = re.compile(r"^features\.(\d+)\.(.*)$")
-
-
-def model_depths(model):
-    """Blocks per stage of a Next-ViT Keras model."""
-    counts = [0, 0, 0, 0]
-    for layer in model.layers:
-        match = re.match(r"^stages\.(\d+)\.blocks\.(\d+)$", layer.name)
-        if match:
-            counts[int(match[1])] += 1
-    return tuple(counts)
 
 
 def checkpoint_depths(state):
