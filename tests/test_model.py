@@ -1,0 +1,217 @@
+"""The model builder: shapes, sizes, serialization, bad input."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_nextvit
+from keras_nextvit import flops
+
+
+@pytest.fixture(scope="module")
+def small_any():
+    """Next-ViT-S for any input size, with random (seeded) weights."""
+    keras.utils.set_random_seed(0)
+    return keras_nextvit.NextViTSmall(input_shape=(None, None, 3))
+
+
+def images(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+# ---------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize(
+    "builder,params,gmacs",
+    [
+        (keras_nextvit.NextViTSmall, 31_763_368, 5.76),
+        (keras_nextvit.NextViTBase, 44_818_856, 8.23),
+        (keras_nextvit.NextViTLarge, 57_874_344, 10.69),
+    ],
+)
+def test_parameters_and_macs(builder, params, gmacs):
+    model = builder(input_shape=(224, 224, 3))
+    assert flops.trainable_parameters(model) == params
+    for attention in (True, False):
+        measured = flops.count_macs(model, 224, attention=attention) / 1e9
+        assert abs(measured - gmacs) <= 0.02 * gmacs, (attention, measured)
+
+
+def test_mac_count_grows_with_input(small_any):
+    # Convolutions scale with pixels; attention grows faster than that.
+    small = flops.count_macs(small_any, 224)
+    large = flops.count_macs(small_any, 448)
+    assert 4 * small < large < 4.5 * small
+
+
+# ---------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 47), (65, 32), (45, 45), (64, 96)])
+def test_any_input_size(small_any, size):
+    features = keras_nextvit.feature_extractor(small_any)
+    x = images((1, *size, 3))
+    outs = features(x)
+    h, w = size
+    for stride, channels, out in zip((4, 8, 16, 32), (96, 256, 512, 1024), outs):
+        # stem: two stride-2 convs with padding 1; stages: ceil-mode pooling
+        expected_h, expected_w = h, w
+        for _ in range(int(np.log2(stride))):
+            expected_h, expected_w = -(-expected_h // 2), -(-expected_w // 2)
+        assert tuple(out.shape) == (1, expected_h, expected_w, channels), (stride, out.shape)
+    logits = small_any(x)
+    assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
+
+
+def test_feature_extractor_shapes_at_224():
+    model = keras_nextvit.NextViTSmall(input_shape=(224, 224, 3), include_top=False)
+    features = keras_nextvit.feature_extractor(model)
+    assert [tuple(o.shape) for o in features.outputs] == [
+        (None, 56, 56, 96),
+        (None, 28, 28, 256),
+        (None, 14, 14, 512),
+        (None, 7, 7, 1024),
+    ]
+    assert features.count_params() == model.count_params() - 4 * 1024  # all but the final norm
+
+
+@pytest.mark.parametrize(
+    "kwargs,shape",
+    [
+        (dict(include_top=True, classes=7), (2, 7)),
+        (dict(include_top=False), (2, 2, 2, 1024)),
+        (dict(include_top=False, pooling="avg"), (2, 1024)),
+        (dict(include_top=False, pooling="max"), (2, 1024)),
+    ],
+)
+def test_applications_signature(kwargs, shape):
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), **kwargs)
+    assert model(images((2, 64, 64, 3))).shape == shape
+
+
+def test_classifier_activation_and_input_tensor():
+    inputs = keras.Input((64, 64, 3))
+    model = keras_nextvit.NextViTSmall(
+        input_tensor=inputs, classes=5, classifier_activation="softmax"
+    )
+    probs = keras.ops.convert_to_numpy(model(images((3, 64, 64, 3))))
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_drop_path_is_active_in_training_only():
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), drop_path_rate=0.5)
+    rates = [layer.drop_path for layer in model.layers if hasattr(layer, "drop_path")]
+    np.testing.assert_allclose(rates, np.linspace(0, 0.5, len(rates)), rtol=1e-6)
+    x = images((4, 64, 64, 3))
+    a, b = model(x, training=False), model(x, training=False)
+    np.testing.assert_array_equal(a, b)
+    c, d = model(x, training=True), model(x, training=True)
+    assert not np.allclose(c, d)
+
+
+def test_batchnorm_settings(small_any):
+    norms = [
+        layer
+        for layer in small_any._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(norms) > 50
+    assert {(n.epsilon, n.momentum) for n in norms} == {(1e-5, 0.9)}
+
+
+# ------------------------------------------------------------ serialization
+
+
+@pytest.fixture(scope="module")
+def trained_like():
+    """A small model with non-trivial BatchNorm statistics."""
+    from conftest import synthetic_checkpoint
+
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
+    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    return model
+
+
+def test_keras_file_round_trip(trained_like, tmp_path):
+    x = images((2, 64, 64, 3))
+    path = tmp_path / "model.keras"
+    trained_like.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), trained_like.predict(x, verbose=0))
+
+
+def test_config_round_trip(trained_like):
+    x = images((2, 64, 64, 3))
+    clone = keras.Model.from_config(trained_like.get_config())
+    clone.set_weights(trained_like.get_weights())
+    np.testing.assert_array_equal(clone.predict(x, verbose=0), trained_like.predict(x, verbose=0))
+
+
+def test_weights_h5_round_trip(trained_like, tmp_path):
+    x = images((2, 64, 64, 3))
+    path = tmp_path / "model.weights.h5"
+    trained_like.save_weights(path)
+    other = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), weights=str(path))
+    np.testing.assert_array_equal(other.predict(x, verbose=0), trained_like.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        keras_nextvit.NCB(96, strides=2, drop_path=0.1, dropout=0.1),
+        keras_nextvit.NTB(256, strides=2, sr_ratio=4, drop_path=0.2, attention_dropout=0.1),
+        keras_nextvit.EfficientMHSA(64, sr_ratio=2),
+        keras_nextvit.MHCA(64),
+        keras_nextvit.MLP(128, 64, dropout=0.1),
+        keras_nextvit.PatchEmbed(64, strides=2),
+        keras_nextvit.ConvBNReLU(16, strides=2),
+        keras_nextvit.DropPath(0.2),
+    ],
+)
+def test_layer_config_round_trip(layer):
+    config = keras.saving.serialize_keras_object(layer)
+    clone = keras.saving.deserialize_keras_object(config)
+    assert type(clone) is type(layer)
+    assert clone.get_config() == layer.get_config()
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_four_channel_input_with_three_channel_weights(tmp_path):
+    with pytest.raises(ValueError, match="3 input channels.*input_shape=\\(64, 64, 4\\)"):
+        keras_nextvit.NextViTSmall(input_shape=(64, 64, 4), weights="nextvit_small.bd_in1k")
+
+
+def test_four_channel_image_into_rgb_model(small_any):
+    # Keras' input check names the input and both shapes.
+    with pytest.raises(ValueError, match=r"'images'.*expected shape=\(None, None, None, 3\), found shape=\(1, 64, 64, 4\)"):
+        small_any(images((1, 64, 64, 4)))
+
+
+def test_four_channel_model_without_weights_works():
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 4), classes=3)
+    assert model(images((1, 64, 64, 4))).shape == (1, 3)
+
+
+def test_too_small_input_shape():
+    with pytest.raises(ValueError, match="height 31 is below the minimum of 32"):
+        keras_nextvit.NextViTSmall(input_shape=(31, 64, 3))
+
+
+@pytest.mark.parametrize("size", [(16, 64), (64, 20)])
+def test_too_small_image(small_any, size):
+    with pytest.raises(ValueError, match="below the minimum of 32 pixels"):
+        small_any(images((1, *size, 3)))
+    with pytest.raises(ValueError, match="below the minimum of 32 pixels"):
+        small_any.predict(images((1, *size, 3)), verbose=0)
+
+
+def test_bad_builder_arguments():
+    with pytest.raises(ValueError, match="pooling"):
+        keras_nextvit.NextViTSmall(include_top=False, pooling="mean")
+    with pytest.raises(ValueError, match="multiple of 5"):
+        keras_nextvit.NextViT(depths=(3, 4, 7, 3))
+    with pytest.raises(ValueError, match="1000-class head"):
+        keras_nextvit.NextViTSmall(weights="nextvit_small.bd_in1k", classes=10)
