@@ -1,9 +1,17 @@
 """Next-ViT (Li et al., 2022) for Keras 3: TensorFlow, JAX and PyTorch backends."""
 
+import os
+import sys
+
+if "tensorflow" not in sys.modules:
+    # Quiet TensorFlow's C++ start-up logging unless the user chose a level.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 __version__ = "0.1.0"
 
 from .layers import MHCA, MLP, NCB, NTB, ConvBNReLU, DropPath, EfficientMHSA, PatchEmbed
 from .model import NextViT, NextViTBase, NextViTLarge, NextViTSmall, feature_extractor, stage_plan
+from .preprocessing import decode_predictions, load_image, preprocess_input
 from .presets import PRESETS, VARIANTS
 from .weights import CheckpointError, get_preset, load_torch_weights, torch_state_dict_spec
 
@@ -24,7 +32,10 @@ __all__ = [
     "PatchEmbed",
     "VARIANTS",
     "feature_extractor",
+    "decode_predictions",
     "get_preset",
+    "load_image",
+    "preprocess_input",
     "load_torch_weights",
     "stage_plan",
     "torch_state_dict_spec",

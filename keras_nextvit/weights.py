@@ -280,6 +280,17 @@ def _official_block_count(state):
     return len({int(m[1]) for m in map(_OFFICIAL_BLOCK.match, state) if m})
 
 
+def _describe(raw, state, official):
+    """What a checkpoint looks like, for error messages."""
+    if not official:
+        return _variant_of(checkpoint_depths(state))
+    total = _official_block_count(raw)
+    names = [
+        f"Next-ViT-{n[0].upper()}" for n, c in presets.VARIANTS.items() if sum(c["depths"]) == total
+    ]
+    return f"{total} blocks in all" + (f" ({names[0]})" if names else "")
+
+
 # --------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------
@@ -322,11 +333,7 @@ def load_torch_weights(model, source):
         k for k in state if k not in expected_names and not (not has_head and k.startswith("head."))
     ]
     if missing or unexpected:
-        found = (
-            f"{_official_block_count(raw)} blocks in all"
-            if official
-            else _variant_of(checkpoint_depths(state))
-        )
+        found = _describe(raw, state, official)
         message = [
             f"Checkpoint does not fit model {model.name!r} ({_variant_of(depths)}); "
             f"the checkpoint looks like {found}."
@@ -427,3 +434,57 @@ def load_weights(model, weights, cache=None):
         model.load_weights(path)
         return model
     return load_torch_weights(model, path)
+
+
+# --------------------------------------------------------------------------
+# Conversion
+# --------------------------------------------------------------------------
+
+
+def infer_variant(state):
+    """``(variant, num_classes)`` of a checkpoint (either naming)."""
+    if is_official_naming(state):
+        total = _official_block_count(state)
+        by_total = {sum(c["depths"]): name for name, c in presets.VARIANTS.items()}
+        variant = by_total.get(total)
+        found = f"{total} blocks"
+    else:
+        depths = checkpoint_depths(state)
+        variant = next(
+            (n for n, c in presets.VARIANTS.items() if tuple(c["depths"]) == depths), None
+        )
+        found = f"depths {depths}"
+    if variant is None:
+        raise CheckpointError(f"Checkpoint matches no Next-ViT variant ({found}).")
+    head = state.get("head.fc.weight", state.get("proj_head.0.weight"))
+    return variant, (None if head is None else int(np.shape(head)[0]))
+
+
+def convert_checkpoint(source, output, variant=None, input_size=None):
+    """Convert a PyTorch checkpoint to a Keras ``.weights.h5`` (or ``.keras``).
+
+    Returns the Keras model the weights were loaded into.
+    """
+    from .model import NextViT
+
+    state = read_checkpoint(source)
+    found, classes = infer_variant(state)
+    if variant is not None and variant != found:
+        raise CheckpointError(f"{source} holds Next-ViT-{found[0].upper()}, not {variant!r}.")
+    shape = (input_size, input_size, 3) if input_size else (None, None, 3)
+    model = NextViT(
+        depths=presets.VARIANTS[found]["depths"],
+        include_top=classes is not None,
+        classes=classes or 1000,
+        input_shape=shape,
+        name=f"nextvit_{found}",
+    )
+    load_torch_weights(model, state)
+    output = os.fspath(output)
+    if output.endswith(".keras"):
+        model.save(output)
+    elif output.endswith(".weights.h5"):
+        model.save_weights(output)
+    else:
+        raise ValueError(f"Output must end in .weights.h5 or .keras, got {output!r}.")
+    return model
