@@ -56,14 +56,14 @@ def test_golden_outputs(case, naming):
 
 
 def test_wrong_weights_break_parity():
-    """The parity check can fail: one perturbed tensor moves the logits."""
+    """The parity check can fail: one perturbed attention tensor moves the
+    logits past the bar."""
     model, probe_model = probe("small")
     state = dict(synthetic_checkpoint("small"))
     key = "stages.2.blocks.4.e_mhsa.k.weight"
-    state[key] = state[key] * 1.01  # a copy: the cached checkpoint stays intact
+    state[key] = state[key] * 3.0  # a copy: the cached checkpoint stays intact
     keras_nextvit.load_torch_weights(model, state)
     data = golden("small_64x96_feat")
     logits = probe_model.predict(nhwc(data["input_nchw"]), verbose=0)[0]
     with pytest.raises(AssertionError):
-        assert_close(logits, data["logits"], rel=1e-6, what="logits")
-    np.testing.assert_array_less(0, np.abs(logits - data["logits"]).max())
+        assert_close(logits, data["logits"], what="logits")
