@@ -57,6 +57,17 @@ def keras_worker(variant, size, batch, mode, warmup, repeats):
     return {"median_ms": median, "min_ms": best}
 
 
+def peak_worker(warmup, repeats):
+    """This CPU's practical float32 limit: GFLOP/s of a large TF matmul."""
+    import tensorflow as tf
+
+    n = 2048
+    a = tf.random.normal((n, n))
+    fn = tf.function(lambda t: tf.matmul(t, t))
+    median, best = _median_ms(lambda t: fn(t).numpy(), a, warmup, repeats)
+    return {"median_ms": median, "min_ms": best, "gflops": 2 * n**3 / (best * 1e6)}
+
+
 def torch_worker(variant, size, batch, warmup, repeats):
     cmd = [
         sys.executable, os.path.join(HERE, "torch_reference.py"),
@@ -91,10 +102,13 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--worker", choices=["function", "xla"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["function", "xla", "peak"], help=argparse.SUPPRESS)
     parser.add_argument("--skip-torch", action="store_true", help="no PyTorch reference rows")
     args = parser.parse_args(argv)
 
+    if args.worker == "peak":
+        print(json.dumps(peak_worker(args.warmup, args.repeats)))
+        return
     if args.worker:
         result = keras_worker(args.variant, args.size, args.batch[0], args.worker, args.warmup, args.repeats)
         print(json.dumps(result))
@@ -122,6 +136,16 @@ def main(argv=None):
             ratio = best / results["torch eager (reference)"]["median_ms"]
             verdict = "meets" if ratio <= 0.75 else "misses"
             print(f"{batch:>5}  best Keras / torch eager = {ratio:.2f} ({verdict} the 0.75 bar)")
+
+    # How close to the hardware both are: MACs of one image against this
+    # CPU's float32 matmul rate.
+    sys.path.insert(0, ROOT)
+    from keras_nextvit.presets import PAPER
+
+    peak = run_isolated("keras", args, 1, "peak")
+    gflop = 2 * PAPER[args.variant]["gflops"] * (args.size / 224) ** 2
+    print(f"\nfloat32 matmul (2048^2) on this CPU: {peak['gflops']:.0f} GFLOP/s; one image is "
+          f"~{gflop:.1f} GFLOP (2 x MACs), so ~{gflop / peak['gflops'] * 1e3:.0f} ms at that rate")
 
 
 if __name__ == "__main__":
