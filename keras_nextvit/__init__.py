@@ -13,6 +13,7 @@ from .layers import MHCA, MLP, NCB, NTB, ConvBNReLU, DropPath, EfficientMHSA, Pa
 from .model import NextViT, NextViTBase, NextViTLarge, NextViTSmall, feature_extractor, stage_plan
 from .preprocessing import decode_predictions, load_image, preprocess_input
 from .presets import PRESETS, VARIANTS
+from .reparam import merge_batchnorm
 from .weights import CheckpointError, get_preset, load_torch_weights, torch_state_dict_spec
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "load_image",
     "preprocess_input",
     "load_torch_weights",
+    "merge_batchnorm",
     "stage_plan",
     "torch_state_dict_spec",
 ]

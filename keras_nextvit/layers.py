@@ -70,6 +70,21 @@ class _Composite(keras.layers.Layer):
 
     TORCH_CHILDREN = ()
 
+    def __init__(self, deploy=False, **kwargs):
+        super().__init__(**kwargs)
+        # deploy=True: the BatchNorm-free form that keras_nextvit.reparam
+        # fills with merged weights (convs and linears gain biases).
+        self.deploy = deploy
+
+    def _norm(self, name):
+        return None if self.deploy else _batch_norm(name)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.deploy:
+            config["deploy"] = True
+        return config
+
     def torch_children(self):
         for attr in self.TORCH_CHILDREN:
             child = getattr(self, attr, None)
@@ -135,14 +150,15 @@ class ConvBNReLU(_Composite):
             strides=strides,
             padding="valid" if self.explicit_pad or self.pad == 0 else "same",
             groups=groups,
-            use_bias=False,
+            use_bias=self.deploy,
             name="conv",
         )
-        self.norm = _batch_norm("norm")
+        self.norm = self._norm("norm")
 
     def build(self, input_shape):
         self.conv.build(self._padded_shape(input_shape))
-        self.norm.build(self.conv.compute_output_shape(self._padded_shape(input_shape)))
+        if self.norm is not None:
+            self.norm.build(self.conv.compute_output_shape(self._padded_shape(input_shape)))
 
     def _padded_shape(self, shape):
         if not self.explicit_pad:
@@ -154,7 +170,8 @@ class ConvBNReLU(_Composite):
         if self.explicit_pad:
             p = self.pad
             x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-        return ops.relu(self.norm(self.conv(x), training=training))
+        x = self.conv(x)
+        return ops.relu(x if self.norm is None else self.norm(x, training=training))
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(self._padded_shape(input_shape))
@@ -198,11 +215,12 @@ class PatchEmbed(_Composite):
 
     def build(self, input_shape):
         if self.strides == 2 or input_shape[-1] != self.filters:
-            self.conv = _pointwise(self.filters, use_bias=False, name="conv")
-            self.norm = _batch_norm("norm")
+            self.conv = _pointwise(self.filters, use_bias=self.deploy, name="conv")
+            self.norm = self._norm("norm")
             shape = self._pooled_shape(input_shape)
             self.conv.build(shape)
-            self.norm.build(shape[:-1] + (self.filters,))
+            if self.norm is not None:
+                self.norm.build(shape[:-1] + (self.filters,))
 
     def _pooled_shape(self, shape):
         if self.strides == 1:
@@ -217,7 +235,8 @@ class PatchEmbed(_Composite):
             x = ops.average_pool(x, pool_size=2, strides=2, padding="same")
         if self.conv is None:
             return x
-        return self.norm(self.conv(x), training=training)
+        x = self.conv(x)
+        return x if self.norm is None else self.norm(x, training=training)
 
     def compute_output_shape(self, input_shape):
         shape = self._pooled_shape(input_shape)
@@ -253,16 +272,17 @@ class MHCA(_Composite):
             3,
             padding="same",
             groups=filters // head_dim,
-            use_bias=False,
+            use_bias=self.deploy,
             name="group_conv3x3",
         )
-        self.norm = _batch_norm("norm")
+        self.norm = self._norm("norm")
         self.projection = _pointwise(filters, use_bias=False, name="projection")
 
     def build(self, input_shape):
         self.group_conv3x3.build(input_shape)
         out_shape = tuple(input_shape[:-1]) + (self.filters,)
-        self.norm.build(out_shape)
+        if self.norm is not None:
+            self.norm.build(out_shape)
         self.projection.build(out_shape)
 
     def _grouped_conv(self, x):
@@ -279,12 +299,14 @@ class MHCA(_Composite):
             ops.conv(head, kernel[..., i * self.head_dim : (i + 1) * self.head_dim], padding="same")
             for i, head in enumerate(heads)
         ]
-        return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=-1)
+        x = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=-1)
+        return x if self.group_conv3x3.bias is None else x + self.group_conv3x3.bias
 
     def call(self, x, training=None):
         x = self._grouped_conv(x)
-        x = ops.relu(self.norm(x, training=training))
-        return self.projection(x)
+        if self.norm is not None:
+            x = self.norm(x, training=training)
+        return self.projection(ops.relu(x))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
@@ -358,10 +380,10 @@ class NCB(_Composite):
         self.mlp_ratio = mlp_ratio
         self.drop_path = drop_path
         self.dropout = dropout
-        self.patch_embed = PatchEmbed(filters, strides, name="patch_embed")
-        self.mhca = MHCA(filters, head_dim, name="mhca")
+        self.patch_embed = PatchEmbed(filters, strides, deploy=self.deploy, name="patch_embed")
+        self.mhca = MHCA(filters, head_dim, deploy=self.deploy, name="mhca")
         self.attn_drop_path = DropPath(drop_path, name="attn_drop_path")
-        self.norm = _batch_norm("norm")
+        self.norm = self._norm("norm")
         self.mlp = MLP(int(filters * mlp_ratio), filters, dropout, name="mlp")
         self.mlp_drop_path = DropPath(drop_path, name="mlp_drop_path")
 
@@ -369,13 +391,15 @@ class NCB(_Composite):
         self.patch_embed.build(input_shape)
         shape = self.patch_embed.compute_output_shape(input_shape)
         self.mhca.build(shape)
-        self.norm.build(shape)
+        if self.norm is not None:
+            self.norm.build(shape)
         self.mlp.build(shape)
 
     def call(self, x, training=None):
         x = self.patch_embed(x, training=training)
         x = x + self.attn_drop_path(self.mhca(x, training=training), training=training)
-        out = self.mlp(self.norm(x, training=training), training=training)
+        out = x if self.norm is None else self.norm(x, training=training)
+        out = self.mlp(out, training=training)
         return x + self.mlp_drop_path(out, training=training)
 
     def compute_output_shape(self, input_shape):
@@ -440,7 +464,7 @@ class EfficientMHSA(_Composite):
         self.k = keras.layers.Dense(dim, use_bias=qkv_bias, name="k")
         self.v = keras.layers.Dense(dim, use_bias=qkv_bias, name="v")
         self.proj = keras.layers.Dense(dim, name="proj")
-        self.norm = _batch_norm("norm") if sr_ratio > 1 else None
+        self.norm = self._norm("norm") if sr_ratio > 1 else None
         self.attn_drop = keras.layers.Dropout(attention_dropout, name="attn_drop")
         self.proj_drop = keras.layers.Dropout(projection_dropout, name="proj_drop")
 
@@ -468,11 +492,12 @@ class EfficientMHSA(_Composite):
                 "the input image is too small for this model."
             )
         q = self._split_heads(self.q(x))
-        if self.norm is not None:
+        if self.pool_size > 1:
             x = ops.average_pool(
                 x, pool_size=self.pool_size, strides=self.pool_size, padding="valid"
             )
-            x = self.norm(x, training=training)
+            if self.norm is not None:  # absent in the deploy form: merged into k, v
+                x = self.norm(x, training=training)
         k = self._split_heads(self.k(x))
         v = self._split_heads(self.v(x))
         scores = ops.matmul(q * self.scale, ops.transpose(k, (0, 1, 3, 2)))
@@ -551,44 +576,49 @@ class NTB(_Composite):
         self.mhsa_filters = make_divisible(int(filters * mix_block_ratio), 32)
         self.mhca_filters = filters - self.mhsa_filters
 
-        self.patch_embed = PatchEmbed(self.mhsa_filters, strides, name="patch_embed")
-        self.norm1 = _batch_norm("norm1")
+        self.patch_embed = PatchEmbed(
+            self.mhsa_filters, strides, deploy=self.deploy, name="patch_embed"
+        )
+        self.norm1 = self._norm("norm1")
         self.e_mhsa = EfficientMHSA(
             self.mhsa_filters,
             head_dim=head_dim,
             sr_ratio=sr_ratio,
             attention_dropout=attention_dropout,
             projection_dropout=dropout,
+            deploy=self.deploy,
             name="e_mhsa",
         )
         self.mhsa_drop_path = DropPath(drop_path * mix_block_ratio, name="mhsa_drop_path")
-        self.projection = PatchEmbed(self.mhca_filters, 1, name="projection")
-        self.mhca = MHCA(self.mhca_filters, head_dim, name="mhca")
+        self.projection = PatchEmbed(self.mhca_filters, 1, deploy=self.deploy, name="projection")
+        self.mhca = MHCA(self.mhca_filters, head_dim, deploy=self.deploy, name="mhca")
         self.mhca_drop_path = DropPath(
             drop_path * (1 - mix_block_ratio), name="mhca_drop_path"
         )
-        self.norm2 = _batch_norm("norm2")
+        self.norm2 = self._norm("norm2")
         self.mlp = MLP(int(filters * mlp_ratio), filters, dropout, name="mlp")
         self.mlp_drop_path = DropPath(drop_path, name="mlp_drop_path")
 
     def build(self, input_shape):
         self.patch_embed.build(input_shape)
         shape = tuple(self.patch_embed.compute_output_shape(input_shape))
-        self.norm1.build(shape)
+        if self.norm1 is not None:
+            self.norm1.build(shape)
         self.e_mhsa.build((shape[0], None, self.mhsa_filters))
         self.projection.build(shape)
         mhca_shape = shape[:-1] + (self.mhca_filters,)
         self.mhca.build(mhca_shape)
         full_shape = shape[:-1] + (self.filters,)
-        self.norm2.build(full_shape)
+        if self.norm2 is not None:
+            self.norm2.build(full_shape)
         self.mlp.build(full_shape)
 
     def _attention_branch(self, x, training, return_attention_scores):
         """E-MHSA over the flattened (row-major) feature map, back to 2-D."""
         shape = ops.shape(x)
-        tokens = ops.reshape(
-            self.norm1(x, training=training), (shape[0], -1, self.mhsa_filters)
-        )
+        if self.norm1 is not None:
+            x = self.norm1(x, training=training)
+        tokens = ops.reshape(x, (shape[0], -1, self.mhsa_filters))
         result = self.e_mhsa(
             tokens, training=training, return_attention_scores=return_attention_scores
         )
@@ -602,7 +632,8 @@ class NTB(_Composite):
         out = self.projection(x, training=training)
         out = out + self.mhca_drop_path(self.mhca(out, training=training), training=training)
         x = ops.concatenate([x, out], axis=-1)
-        out = self.mlp(self.norm2(x, training=training), training=training)
+        out = x if self.norm2 is None else self.norm2(x, training=training)
+        out = self.mlp(out, training=training)
         x = x + self.mlp_drop_path(out, training=training)
         if return_attention_scores:
             return x, attention
@@ -626,6 +657,24 @@ class NTB(_Composite):
             attention_dropout=self.attention_dropout,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ChannelAffine(keras.layers.Layer):
+    """``x * scale + offset`` per channel: an inference BatchNorm with its
+    statistics folded in (the deploy form of a BatchNorm that no linear
+    layer follows)."""
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.scale = self.add_weight(shape=(channels,), initializer="ones", name="scale")
+        self.offset = self.add_weight(shape=(channels,), initializer="zeros", name="offset")
+
+    def call(self, x):
+        return x * self.scale + self.offset
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -672,6 +721,7 @@ BLOCKS = {"NCB": NCB, "NTB": NTB}
 __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
+    "ChannelAffine",
     "ConvBNReLU",
     "DropPath",
     "EfficientMHSA",

@@ -1,0 +1,75 @@
+"""BatchNorm merging: no BatchNorm left, the same function on the golden inputs."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import CASES, assert_close, golden, nhwc, synthetic_checkpoint
+
+import keras_nextvit
+from keras_nextvit import reparam
+
+BUILDERS = {
+    "small": keras_nextvit.NextViTSmall,
+    "base": keras_nextvit.NextViTBase,
+    "large": keras_nextvit.NextViTLarge,
+}
+
+
+def outputs_of(model):
+    """Logits and the four stage outputs in one model."""
+    stages = keras_nextvit.feature_extractor(model).outputs
+    return keras.Model(model.inputs, [model.output, *stages])
+
+
+@pytest.mark.parametrize("case", ["small_64x96_feat", "base_224", "large_224"])
+def test_merged_model_matches(case):
+    variant = CASES[case]
+    model = BUILDERS[variant](input_shape=(None, None, 3))
+    keras_nextvit.load_torch_weights(model, synthetic_checkpoint(variant))
+    merged = keras_nextvit.merge_batchnorm(model)
+    assert reparam.count_batchnorms(model) > 0
+    assert reparam.count_batchnorms(merged) == 0
+    assert merged.count_params() < model.count_params()
+
+    x = nhwc(golden(case)["input_nchw"])
+    before = outputs_of(model).predict(x, verbose=0)
+    after = outputs_of(merged).predict(x, verbose=0)
+    for name, a, b in zip(["logits", "stage1", "stage2", "stage3", "stage4"], after, before):
+        assert_close(a, b, what=name)
+
+
+@pytest.mark.parametrize("kwargs", [dict(include_top=False), dict(include_top=False, pooling="max")])
+def test_headless_merge_keeps_the_final_norm_as_affine(kwargs):
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), **kwargs)
+    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    merged = keras_nextvit.merge_batchnorm(model)
+    assert reparam.count_batchnorms(merged) == 0
+    assert isinstance(merged.get_layer("norm"), keras_nextvit.layers.ChannelAffine)
+    x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
+    assert_close(merged.predict(x, verbose=0), model.predict(x, verbose=0), what="features")
+
+
+def test_merge_is_not_a_no_op():
+    """Merged weights really differ from the originals (the test can fail)."""
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
+    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    merged = keras_nextvit.merge_batchnorm(model)
+    fc1 = merged.get_layer("stages_0_blocks_0").mlp.fc1.kernel
+    assert not np.allclose(np.asarray(fc1), np.asarray(model.get_layer("stages_0_blocks_0").mlp.fc1.kernel))
+    # Skipping one fold breaks the function.
+    block = merged.get_layer("stages_3_blocks_2")
+    block.mlp.fc1.kernel.assign(model.get_layer("stages_3_blocks_2").mlp.fc1.kernel)
+    x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
+    with pytest.raises(AssertionError):
+        assert_close(merged.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_merged_model_serializes(tmp_path):
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), classes=5)
+    merged = keras_nextvit.merge_batchnorm(model)
+    path = tmp_path / "merged.keras"
+    merged.save(path)
+    restored = keras.saving.load_model(path)
+    x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), merged.predict(x, verbose=0))
+    assert reparam.count_batchnorms(restored) == 0
