@@ -9,6 +9,7 @@ if "tensorflow" not in sys.modules:
 
 __version__ = "0.1.0"
 
+from .exporters import export
 from .layers import MHCA, MLP, NCB, NTB, ConvBNReLU, DropPath, EfficientMHSA, PatchEmbed
 from .model import NextViT, NextViTBase, NextViTLarge, NextViTSmall, feature_extractor, stage_plan
 from .preprocessing import decode_predictions, load_image, preprocess_input
@@ -34,6 +35,7 @@ __all__ = [
     "VARIANTS",
     "feature_extractor",
     "decode_predictions",
+    "export",
     "get_preset",
     "load_image",
     "preprocess_input",

@@ -116,7 +116,7 @@ def _merge_stem(src, dst):
 _MERGERS = {ConvBNReLU: _merge_stem, NCB: _merge_ncb, NTB: _merge_ntb}
 
 
-def merge_batchnorm(model, name=None):
+def merge_batchnorm(model, name=None, input_shape=None):
     """A copy of a Next-ViT ``model`` with every BatchNorm folded away.
 
     Works on models from :func:`keras_nextvit.NextViT` (any head, any input
@@ -128,7 +128,8 @@ def merge_batchnorm(model, name=None):
     """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     has_head = any(layer.name == "head_fc" for layer in layers)
-    inputs = keras.Input(batch_shape=model.inputs[0].shape, name=model.inputs[0].name)
+    shape = model.inputs[0].shape if input_shape is None else (None, *input_shape)
+    inputs = keras.Input(batch_shape=shape, name=model.inputs[0].name)
     x = inputs
     pairs = []
     final_norm = None

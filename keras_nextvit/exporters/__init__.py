@@ -1,0 +1,252 @@
+"""Deployment: one API for every export target, each verified.
+
+(The package is ``exporters`` so that ``keras_nextvit.export`` can be the
+function.)
+
+>>> report = keras_nextvit.export(model, "nextvit_s.tflite", format="tflite")
+>>> print(report)          # max abs error, cosine, top-1 agreement, size, latency
+
+Formats: ``saved_model``, ``tflite`` (``quantize`` none / float16 / dynamic
+/ int8), ``onnx``, ``tensorrt``. All go through TensorFlow, so the
+TensorFlow backend of Keras must be active. By default the model's
+BatchNorms are merged first (:func:`keras_nextvit.merge_batchnorm`).
+"""
+
+import os
+import pathlib
+
+import keras
+import numpy as np
+
+from .. import presets
+from ..reparam import merge_batchnorm
+from . import onnx as onnx_export
+from . import saved_model, tensorrt, tflite
+from .verify import ExportReport, verify
+
+FORMATS = ("saved_model", "tflite", "onnx", "tensorrt")
+QUANTIZE = {
+    "saved_model": ("none",),
+    "onnx": ("none",),
+    "tflite": tflite.QUANTIZE_MODES,
+    "tensorrt": tuple(tensorrt.PRECISIONS),
+}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def _fixed_size_model(model, input_size, merge_bn):
+    """The model to export: merged and/or with a fixed spatial size."""
+    shape = tuple(model.inputs[0].shape[1:])
+    if input_size is not None:
+        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        shape = (h, w, shape[-1])
+    if None in shape[:2]:
+        raise ValueError(
+            f"The model's input is {tuple(model.inputs[0].shape)}: exporting needs a fixed "
+            "height and width. Pass input_size=224 (or (height, width))."
+        )
+    if merge_bn:
+        return merge_batchnorm(model, input_shape=shape)
+    if shape == tuple(model.inputs[0].shape[1:]):
+        return model
+    inputs = keras.Input(shape, name="images")
+    return keras.Model(inputs, model(inputs), name=model.name)
+
+
+def _image_files(folder):
+    files = sorted(
+        p for p in pathlib.Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise ValueError(f"representative_data folder {folder} holds no images ({IMAGE_SUFFIXES}).")
+    return files
+
+
+def representative_batches(data, input_shape, steps=100):
+    """A converter-style callable yielding ``[x]`` with ``x`` of shape (1, h, w, c).
+
+    ``data``: an image folder (searched recursively; images are resized,
+    center-cropped and normalised as the presets are), a callable returning
+    an iterable, or an iterable of preprocessed NHWC batches or HWC images.
+    """
+    from ..preprocessing import load_image, preprocess_input
+
+    h, w, c = input_shape
+
+    def check(x):
+        x = np.asarray(x, np.float32)
+        x = x[None] if x.ndim == 3 else x
+        if x.ndim != 4 or x.shape[1:] != (h, w, c):
+            raise ValueError(
+                f"representative_data item has shape {x.shape}; expected (batch, {h}, {w}, {c}) "
+                "preprocessed images."
+            )
+        return x
+
+    if isinstance(data, (str, os.PathLike)):
+        if not os.path.isdir(data):
+            raise ValueError(f"representative_data {data} is not a folder of images.")
+        if h != w:
+            raise ValueError("An image folder calibrates square inputs only; pass arrays instead.")
+        files = _image_files(data)
+
+        def source():
+            for path in files:
+                yield preprocess_input(load_image(path, size=h)[None])
+
+    elif callable(data):
+        source = data
+    else:
+        items = list(data)
+        source = lambda: items  # noqa: E731
+
+    def dataset():
+        count = 0
+        for batch in source():
+            for x in check(batch):
+                yield [x[None]]
+                count += 1
+                if count >= steps:
+                    return
+        if count == 0:
+            raise ValueError("representative_data yielded no images.")
+
+    return dataset
+
+
+def default_inputs(shape, batch=2, seed=1234):
+    from ..synthetic import synthetic_input
+
+    h, w, c = shape
+    return synthetic_input(seed, (batch, c, h, w)).transpose(0, 2, 3, 1).copy()
+
+
+def _require_tensorflow_backend(fmt):
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"Exporting to {fmt} goes through TensorFlow, but the Keras backend is "
+            f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow (a model's weights "
+            "move between backends with .weights.h5)."
+        )
+
+
+def export(
+    model,
+    path,
+    format="tflite",
+    quantize="none",
+    representative_data=None,
+    merge_bn=True,
+    batch_size=1,
+    input_size=None,
+    uint8_input=False,
+    verification_data=None,
+    calibration_steps=100,
+    verify_export=True,
+):
+    """Export ``model`` and verify the artifact against it.
+
+    Args:
+        model: a Next-ViT Keras model (any head; multi-output models too).
+        path: output file (``.tflite``, ``.onnx``, ``.plan``) or folder
+            (SavedModel, TF-TRT).
+        format: ``saved_model``, ``tflite``, ``onnx`` or ``tensorrt``.
+        quantize: TFLite: ``none``, ``float16``, ``dynamic`` or ``int8``
+            (full-integer); TensorRT: ``none`` (FP32), ``float16``, ``int8``.
+        representative_data: calibration data for int8: an image folder, or
+            an iterable / generator function of preprocessed NHWC batches.
+        merge_bn: fold BatchNorms first (the deployment form).
+        batch_size: fixed batch size, or ``None`` for a dynamic batch.
+        input_size: fix the image size when the model's is ``None``.
+        uint8_input: SavedModel only: take uint8 images and normalise inside.
+        verification_data: NHWC float batch to verify on (default: 2
+            synthetic images).
+        calibration_steps: images used for int8 calibration at most.
+        verify_export: run the verification (returns ``None`` without).
+
+    Returns:
+        An :class:`ExportReport`.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
+    if quantize not in QUANTIZE[format]:
+        raise ValueError(
+            f"quantize={quantize!r} is not available for {format}; choose one of {QUANTIZE[format]}."
+        )
+    if uint8_input and format != "saved_model":
+        raise ValueError("uint8_input is supported for format='saved_model' only.")
+    if quantize == "int8" and representative_data is None:
+        raise ValueError(
+            f"quantize='int8' for {format} needs representative_data to calibrate on: an image "
+            "folder or an iterable/generator of preprocessed NHWC batches."
+        )
+    _require_tensorflow_backend(format)
+    if format == "tensorrt":
+        route = tensorrt.tensorrt_route()  # raises TensorRTUnavailable with the reason
+
+    deploy = _fixed_size_model(model, input_size, merge_bn)
+    shape = tuple(deploy.inputs[0].shape[1:])
+    names = saved_model.output_names(deploy)
+    representative = (
+        representative_batches(representative_data, shape, calibration_steps)
+        if representative_data is not None
+        else None
+    )
+    path = pathlib.Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True)
+
+    if format == "saved_model":
+        saved_model.export_saved_model(deploy, path, batch_size, uint8_input)
+        runner = saved_model.SavedModelRunner(path, names)
+        if uint8_input:
+            raw = runner
+
+            def runner(x):  # verify through the in-graph preprocessing
+                mean = np.asarray(presets.IMAGENET_MEAN) * 255
+                std = np.asarray(presets.IMAGENET_STD) * 255
+                return raw(np.clip(np.round(x * std + mean), 0, 255).astype(np.uint8))
+
+    elif format == "tflite":
+        path.write_bytes(tflite.convert(deploy, quantize, representative, batch_size))
+        runner = tflite.TFLiteRunner(path, names)
+    elif format == "onnx":
+        proto = onnx_export.export_onnx(deploy, path, batch_size)
+        unsupported = onnx_export.unsupported_by_tensorrt(proto)
+        if merge_bn and unsupported:
+            raise RuntimeError(f"The ONNX graph holds operators TensorRT cannot parse: {unsupported}.")
+        runner = onnx_export.ONNXRunner(path)
+    else:
+        precision = tensorrt.PRECISIONS[quantize]
+        calibration = [b[0] for b in representative()] if representative else None
+        if route == "tf-trt":
+            saved = saved_model.export_saved_model(deploy, str(path) + ".saved_model", batch_size)
+            tensorrt.convert_tf_trt(saved, path, precision, calibration)
+            runner = saved_model.SavedModelRunner(path, names)
+        else:
+            onnx_path = path.with_suffix(".onnx")
+            onnx_export.export_onnx(deploy, onnx_path, batch_size)
+            tensorrt.build_engine(onnx_path, path, precision, calibration)
+            runner = tensorrt.EngineRunner(path)
+
+    if not verify_export:
+        return None
+    inputs = default_inputs(shape) if verification_data is None else np.asarray(verification_data, np.float32)
+    if uint8_input:
+        # what a uint8 round trip can represent
+        mean = np.asarray(presets.IMAGENET_MEAN) * 255
+        std = np.asarray(presets.IMAGENET_STD) * 255
+        inputs = ((np.clip(np.round(inputs * std + mean), 0, 255) - mean) / std).astype(np.float32)
+
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False))
+
+    def keras_fn(x):
+        out = forward(tf.constant(x))
+        return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+    return verify(keras_fn, runner, inputs, names, format, quantize, path)
+
+
+__all__ = ["ExportReport", "FORMATS", "export", "representative_batches"]

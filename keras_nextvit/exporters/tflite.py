@@ -1,0 +1,95 @@
+"""TFLite export: float32, float16, dynamic-range and full-int8 models.
+
+Conversion goes through a SavedModel (the converter's best-supported
+input). Full-integer int8 is post-training quantization calibrated on a
+representative dataset; its input and output are int8 tensors, and
+:class:`TFLiteRunner` quantizes and dequantizes at the edges. Models run
+with ``ai_edge_litert`` (TensorFlow's own ``tf.lite.Interpreter`` is
+deprecated), which applies XNNPACK by default.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+from .saved_model import SIGNATURE, export_saved_model
+from .verify import run_in_batches
+
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+
+
+def convert(model, quantize="none", representative=None, batch_size=1):
+    """TFLite flatbuffer bytes of ``model``.
+
+    ``representative``: a zero-argument callable yielding ``[batch]`` lists
+    of float32 NHWC arrays (int8 only).
+    """
+    import tensorflow as tf
+
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}.")
+    if quantize == "int8" and representative is None:
+        raise ValueError(
+            "quantize='int8' (full-integer) needs representative_data to calibrate on: "
+            "an image folder or an iterable/generator of NHWC float batches."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export_saved_model(model, os.path.join(tmp, "saved_model"), batch_size)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return converter.convert()
+
+
+def _interpreter(path, num_threads):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise ImportError(
+            "Running TFLite models needs ai-edge-litert (pip install ai-edge-litert)."
+        ) from None
+    return Interpreter(model_path=str(path), num_threads=num_threads)
+
+
+class TFLiteRunner:
+    """Runs a ``.tflite`` model's serving signature on NumPy batches."""
+
+    def __init__(self, path, names, num_threads=None):
+        self.interpreter = _interpreter(path, num_threads or os.cpu_count())
+        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+        self.names = names
+        inputs = self.runner.get_input_details()
+        (self.input_name, self.input_detail), = inputs.items()
+        self.output_details = self.runner.get_output_details()
+        fixed = self.input_detail["shape_signature"][0] != -1
+        self.batch = int(self.input_detail["shape"][0]) if fixed else None
+
+    @staticmethod
+    def _quantize(x, detail):
+        scale, zero = detail["quantization"]
+        if detail["dtype"] == np.float32 or scale == 0:
+            return np.asarray(x, detail["dtype"])
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+    @staticmethod
+    def _dequantize(q, detail):
+        scale, zero = detail["quantization"]
+        if detail["dtype"] == np.float32 or scale == 0:
+            return np.asarray(q, np.float32)
+        return (q.astype(np.float32) - zero) * scale
+
+    def _run(self, images):
+        outputs = self.runner(**{self.input_name: self._quantize(images, self.input_detail)})
+        return [self._dequantize(outputs[n], self.output_details[n]) for n in self.names]
+
+    def __call__(self, images):
+        return run_in_batches(self._run, np.asarray(images, np.float32), self.batch)

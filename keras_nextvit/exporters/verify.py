@@ -1,0 +1,156 @@
+"""The verification report every export ends with.
+
+An exported artifact is run beside the Keras model on the same inputs; the
+report gives, per output, the max abs error (absolute and relative to the
+largest reference value), the cosine similarity, the top-1 agreement (for
+class scores), and for the artifact its file size and median latency.
+"""
+
+import dataclasses
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class OutputCheck:
+    name: str
+    max_abs_error: float
+    max_abs_reference: float
+    cosine: float
+    top1_agreement: float | None
+
+    @property
+    def relative_error(self):
+        return self.max_abs_error / max(self.max_abs_reference, 1e-30)
+
+
+@dataclasses.dataclass
+class ExportReport:
+    format: str
+    quantize: str
+    path: str
+    file_size_bytes: int
+    batch_size: int
+    latency_ms: float
+    keras_latency_ms: float
+    outputs: list
+
+    def output(self, name=None):
+        """The check of output ``name`` (default: the first)."""
+        if name is None:
+            return self.outputs[0]
+        for check in self.outputs:
+            if check.name == name:
+                return check
+        raise KeyError(f"No output {name!r}; outputs are {[c.name for c in self.outputs]}.")
+
+    @property
+    def max_abs_error(self):
+        return self.output().max_abs_error
+
+    @property
+    def cosine(self):
+        return self.output().cosine
+
+    @property
+    def top1_agreement(self):
+        return self.output().top1_agreement
+
+    def __str__(self):
+        lines = [
+            f"{self.format} ({self.quantize}) -> {self.path}",
+            f"  size {self.file_size_bytes / 2**20:.1f} MiB; latency (batch {self.batch_size}, "
+            f"median) {self.latency_ms:.1f} ms vs Keras {self.keras_latency_ms:.1f} ms",
+        ]
+        for c in self.outputs:
+            top1 = "" if c.top1_agreement is None else f", top-1 agreement {c.top1_agreement:.1%}"
+            lines.append(
+                f"  {c.name}: max abs error {c.max_abs_error:.3g} "
+                f"({c.relative_error:.2g} of max |Keras| {c.max_abs_reference:.3g}), "
+                f"cosine {c.cosine:.6f}{top1}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self):
+        data = dataclasses.asdict(self)
+        for check, out in zip(self.outputs, data["outputs"]):
+            out["relative_error"] = check.relative_error
+        return data
+
+
+def run_in_batches(run, images, batch):
+    """``run`` on ``images`` in chunks of ``batch`` rows (``None``: at once),
+    for artifacts exported with a fixed batch size."""
+    if not batch or len(images) == batch:
+        return run(images)
+    parts = [run(images[i : i + batch]) for i in range(0, len(images), batch)]
+    return [np.concatenate(p, axis=0) for p in zip(*parts)]
+
+
+def _cosine(a, b):
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    b = b.reshape(b.shape[0], -1).astype(np.float64)
+    num = np.sum(a * b, axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.min(num / np.maximum(den, 1e-30)))
+
+
+def compare(name, actual, expected):
+    actual = np.asarray(actual, dtype=np.float32)
+    expected = np.asarray(expected, dtype=np.float32)
+    if actual.shape != expected.shape:
+        raise ValueError(f"Output {name!r}: exported shape {actual.shape} != Keras shape {expected.shape}.")
+    top1 = None
+    if expected.ndim == 2 and expected.shape[-1] > 1:
+        top1 = float(np.mean(np.argmax(actual, -1) == np.argmax(expected, -1)))
+    return OutputCheck(
+        name=name,
+        max_abs_error=float(np.max(np.abs(actual - expected))),
+        max_abs_reference=float(np.max(np.abs(expected))),
+        cosine=_cosine(actual, expected),
+        top1_agreement=top1,
+    )
+
+
+def median_latency_ms(fn, x, warmup=2, repeats=5):
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def file_size(path):
+    if os.path.isdir(path):
+        return sum(
+            os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
+        )
+    return os.path.getsize(path)
+
+
+def verify(keras_fn, runner, inputs, output_names, fmt, quantize, path, repeats=5):
+    """Run ``runner`` and ``keras_fn`` on ``inputs`` and report.
+
+    ``keras_fn`` and ``runner`` map an NHWC float batch to a list of arrays
+    in ``output_names`` order.
+    """
+    expected = keras_fn(inputs)
+    actual = runner(inputs)
+    checks = [compare(n, a, e) for n, a, e in zip(output_names, actual, expected, strict=True)]
+    one = inputs[:1]
+    return ExportReport(
+        format=fmt,
+        quantize=quantize,
+        path=str(path),
+        file_size_bytes=file_size(path),
+        batch_size=1,
+        latency_ms=median_latency_ms(runner, one, repeats=repeats),
+        keras_latency_ms=median_latency_ms(keras_fn, one, repeats=repeats),
+        outputs=checks,
+    )
