@@ -14,7 +14,8 @@ In E-MHSA with ``sr_ratio > 1``, keys and values see
 ``BN_sr(pool(BN1(x)))``; an average pool commutes with a per-channel affine
 map, so ``BN_sr . BN1`` folds as one affine map into k and v, applied after
 the pool. Global average pooling commutes the same way, which lets the final
-norm fold into the classifier. A headless model keeps the final norm as a
+norm fold into the classifier. A headless model, or one that also outputs
+pre-logits, keeps the final norm as a
 :class:`~keras_nextvit.layers.ChannelAffine` (no BatchNorm, same numbers).
 
 :func:`merge_batchnorm` returns a new model built from the ``deploy=True``
@@ -127,11 +128,15 @@ def merge_batchnorm(model, name=None, input_shape=None):
     >>> deployed = keras_nextvit.merge_batchnorm(model)
     """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    has_head = any(layer.name == "head_fc" for layer in layers)
+    # The final norm folds into the classifier only when nothing else reads
+    # its output (a pre-logits output needs it as an affine map).
+    output_layers = [t._keras_history.operation.name for t in model.outputs]
+    fold_into_head = output_layers == ["head_fc"]
     shape = model.inputs[0].shape if input_shape is None else (None, *input_shape)
     inputs = keras.Input(batch_shape=shape, name=model.inputs[0].name)
     x = inputs
     pairs = []
+    produced = {}  # original layer -> the merged model's tensor in its place
     final_norm = None
     for layer in layers:
         if isinstance(layer, _Composite):
@@ -140,25 +145,27 @@ def merge_batchnorm(model, name=None, input_shape=None):
             if layer.name != "norm":
                 raise ValueError(f"Unexpected BatchNormalization {layer.name!r} at the top level.")
             final_norm = layer
-            if has_head:
-                continue  # folded into head_fc
+            if fold_into_head:
+                continue
             clone = ChannelAffine(name="norm")
         else:
             clone = type(layer).from_config(layer.get_config())
         x = clone(x)
+        produced[id(layer)] = x
         pairs.append((layer, clone))
-    merged = keras.Model(inputs, x, name=name or f"{model.name}_merged")
+    outputs = [produced[id(t._keras_history.operation)] for t in model.outputs]
+    merged = keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=name or f"{model.name}_merged")
 
     for src, dst in pairs:
         if type(src) in _MERGERS:
             _MERGERS[type(src)](src, dst)
         elif isinstance(src, _Composite):
             raise TypeError(f"No BatchNorm merging for {type(src).__name__} ({src.name}).")
-        elif src is final_norm:
+        elif src is final_norm and not fold_into_head:
             s, t = _affine(src)
             dst.scale.assign(s.astype(np.float32))
             dst.offset.assign(t.astype(np.float32))
-        elif src.name == "head_fc" and final_norm is not None:
+        elif src.name == "head_fc" and fold_into_head:
             _assign(dst, *fold_before(src, _affine(final_norm)))
         else:
             _copy(src, dst)

@@ -73,3 +73,15 @@ def test_merged_model_serializes(tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
     np.testing.assert_array_equal(restored.predict(x, verbose=0), merged.predict(x, verbose=0))
     assert reparam.count_batchnorms(restored) == 0
+
+
+def test_merge_keeps_pre_logits_output():
+    """A model that also outputs pre-logits keeps the final norm (as an affine)."""
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
+    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    two = keras.Model(model.inputs, [model.output, model.get_layer("avg_pool").output])
+    merged = keras_nextvit.merge_batchnorm(two)
+    assert reparam.count_batchnorms(merged) == 0 and len(merged.outputs) == 2
+    x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
+    for a, b, name in zip(merged.predict(x, verbose=0), two.predict(x, verbose=0), ["logits", "pre_logits"]):
+        assert_close(a, b, what=name)

@@ -5,6 +5,7 @@ output per model output, named after it. With ``uint8_input=True`` the input
 is a uint8 image batch and the ImageNet normalisation runs inside the graph.
 """
 
+import keras
 import numpy as np
 
 from .. import presets
@@ -40,8 +41,14 @@ def input_spec(model, batch_size, dtype="float32"):
     return tf.TensorSpec((batch_size, h, w, c), tf.dtypes.as_dtype(dtype), name=INPUT_NAME)
 
 
-def export_saved_model(model, path, batch_size=1, uint8_input=False, **preprocess):
-    """Write ``model`` as a SavedModel at ``path``; returns ``path``."""
+def export_saved_model(model, path, batch_size=1, uint8_input=False, for_converter=False, **preprocess):
+    """Write ``model`` as a SavedModel at ``path``; returns ``path``.
+
+    ``for_converter=True`` writes through Keras' ``ExportArchive``, whose
+    variables the TFLite converter freezes correctly (from a plain
+    ``tf.Module`` it leaves them uninitialised); that archive stores every
+    weight twice, so the SavedModel users get is a plain ``tf.Module``.
+    """
     import tensorflow as tf
 
     names = output_names(model)
@@ -52,8 +59,12 @@ def export_saved_model(model, path, batch_size=1, uint8_input=False, **preproces
         return dict(zip(names, serve(images)))
 
     spec = input_spec(model, batch_size, "uint8" if uint8_input else "float32")
-    # A plain tf.Module keeps one copy of each variable (Keras' ExportArchive
-    # stored every weight twice here).
+    if for_converter:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(name=SIGNATURE, fn=endpoint, input_signature=[spec])
+        archive.write_out(str(path), verbose=False)
+        return str(path)
     module = tf.Module()
     module.model = model
     tf.saved_model.save(

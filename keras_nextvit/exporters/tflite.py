@@ -35,7 +35,9 @@ def convert(model, quantize="none", representative=None, batch_size=1):
             "an image folder or an iterable/generator of NHWC float batches."
         )
     with tempfile.TemporaryDirectory() as tmp:
-        saved = export_saved_model(model, os.path.join(tmp, "saved_model"), batch_size)
+        saved = export_saved_model(
+            model, os.path.join(tmp, "saved_model"), batch_size, for_converter=True
+        )
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -1,0 +1,187 @@
+"""Every export format and quantize mode, verified against the Keras model.
+
+Next-ViT-S with the reference's synthetic weights on the golden 64x96 input
+keeps CI fast; conversion time is dominated by the 31.8M weights anyway.
+"""
+
+import keras
+import numpy as np
+import onnx
+import pytest
+from conftest import golden, nhwc, synthetic_checkpoint
+
+import keras_nextvit
+from keras_nextvit.exporters import onnx as onnx_export
+from keras_nextvit.exporters import tensorrt
+from keras_nextvit.synthetic import synthetic_input
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="exports go through TensorFlow"
+)
+
+SHAPE = (64, 96, 3)
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = keras_nextvit.NextViTSmall(input_shape=SHAPE)
+    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def golden_input():
+    return nhwc(golden("small_64x96_feat")["input_nchw"])
+
+
+def inputs(seed, batch):
+    return nhwc(synthetic_input(seed, (batch, 3, *SHAPE[:2])))
+
+
+@pytest.mark.parametrize(
+    "fmt,suffix", [("saved_model", ""), ("tflite", ".tflite"), ("onnx", ".onnx")]
+)
+def test_float_exports_match_keras_on_golden_input(model, golden_input, tmp_path, fmt, suffix):
+    report = keras_nextvit.export(
+        model, tmp_path / f"model{suffix}", format=fmt, verification_data=golden_input
+    )
+    check = report.output("logits")
+    assert check.max_abs_error <= 1e-4 * check.max_abs_reference, str(report)
+    assert check.top1_agreement == 1.0
+    assert report.file_size_bytes > 100 * 2**20  # 31.8M float32 weights
+    assert report.latency_ms > 0 and report.keras_latency_ms > 0
+    assert "max abs error" in str(report)
+
+
+def test_onnx_graph_is_merged_and_tensorrt_parsable(model, tmp_path):
+    path = tmp_path / "model.onnx"
+    keras_nextvit.export(model, path, format="onnx", batch_size=None, verification_data=inputs(5, 3))
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert proto.opset_import[0].version >= 17
+    ops = onnx_export.operator_types(proto)
+    assert "BatchNormalization" not in ops and "Conv" in ops
+    assert onnx_export.unsupported_by_tensorrt(proto) == []
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 0  # dynamic batch
+
+
+def test_unmerged_onnx_keeps_batchnorm_math(model, tmp_path):
+    path = tmp_path / "raw.onnx"
+    report = keras_nextvit.export(model, path, format="onnx", merge_bn=False, verification_data=inputs(6, 1))
+    assert report.output().relative_error <= 1e-4
+
+
+def test_saved_model_uint8_signature(model, tmp_path):
+    import tensorflow as tf
+
+    path = tmp_path / "sm_uint8"
+    report = keras_nextvit.export(model, path, format="saved_model", uint8_input=True, batch_size=None)
+    assert report.output().relative_error <= 1e-4
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    spec = signature.structured_input_signature[1]["images"]
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 64, 96, 3]
+    image = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    served = signature(images=tf.constant(image))["logits"].numpy()
+    expected = model.predict(keras_nextvit.preprocess_input(image), verbose=0)
+    np.testing.assert_allclose(served, expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_tflite_float16(model, tmp_path):
+    report = keras_nextvit.export(
+        model, tmp_path / "fp16.tflite", format="tflite", quantize="float16", verification_data=inputs(7, 4)
+    )
+    assert report.cosine >= 0.999, str(report)
+    assert report.file_size_bytes < 0.6 * 127e6
+
+
+def test_tflite_dynamic_range(model, tmp_path):
+    report = keras_nextvit.export(
+        model, tmp_path / "dyn.tflite", format="tflite", quantize="dynamic", verification_data=inputs(8, 4)
+    )
+    assert report.cosine >= 0.99, str(report)
+    assert report.file_size_bytes < 0.3 * 127e6
+
+
+def test_tflite_int8_logits_and_pre_logits(model, tmp_path):
+    """Full-integer int8, calibrated on some inputs, checked on others."""
+    two_heads = keras.Model(model.inputs, [model.output, model.get_layer("avg_pool").output])
+    calibration = [inputs(100 + i, 4) for i in range(6)]  # 24 images
+    held_out = inputs(999, 4)
+    report = keras_nextvit.export(
+        two_heads,
+        tmp_path / "int8.tflite",
+        format="tflite",
+        quantize="int8",
+        representative_data=calibration,
+        verification_data=held_out,
+    )
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(tmp_path / "int8.tflite")).get_signature_runner().get_input_details()
+    assert next(iter(details.values()))["dtype"] == np.int8
+    assert len(report.outputs) == 2
+    for check in report.outputs:
+        assert check.cosine >= 0.98, str(report)
+
+
+def test_int8_from_image_folder(model, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    square = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
+    keras_nextvit.load_torch_weights(square, synthetic_checkpoint("small"))
+    report = keras_nextvit.export(
+        square, tmp_path / "folder.tflite", format="tflite", quantize="int8",
+        representative_data=str(folder), verification_data=nhwc(synthetic_input(3, (2, 3, 64, 64))),
+    )
+    assert report.cosine > 0.9
+
+
+# ----------------------------------------------------------------- bad requests
+
+
+def test_int8_without_representative_data(model, tmp_path):
+    with pytest.raises(ValueError, match="needs representative_data"):
+        keras_nextvit.export(model, tmp_path / "m.tflite", format="tflite", quantize="int8")
+
+
+def test_unknown_format_and_mode(model, tmp_path):
+    with pytest.raises(ValueError, match="Unknown export format 'coreml'"):
+        keras_nextvit.export(model, tmp_path / "m", format="coreml")
+    with pytest.raises(ValueError, match="quantize='int4' is not available for tflite"):
+        keras_nextvit.export(model, tmp_path / "m.tflite", format="tflite", quantize="int4")
+    with pytest.raises(ValueError, match="quantize='float16' is not available for onnx"):
+        keras_nextvit.export(model, tmp_path / "m.onnx", format="onnx", quantize="float16")
+
+
+def test_bad_representative_data(model, tmp_path):
+    with pytest.raises(ValueError, match=r"shape \(1, 32, 32, 3\); expected \(batch, 64, 96, 3\)"):
+        keras_nextvit.export(
+            model, tmp_path / "m.tflite", format="tflite", quantize="int8",
+            representative_data=[np.zeros((1, 32, 32, 3), np.float32)],
+        )
+    with pytest.raises(ValueError, match="holds no images"):
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        square = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
+        keras_nextvit.export(square, tmp_path / "m.tflite", format="tflite", quantize="int8",
+                             representative_data=str(empty))
+
+
+def test_dynamic_size_needs_input_size(tmp_path):
+    any_size = keras_nextvit.NextViTSmall(input_shape=(None, None, 3))
+    with pytest.raises(ValueError, match="Pass input_size=224"):
+        keras_nextvit.export(any_size, tmp_path / "m.onnx", format="onnx")
+
+
+def test_tensorrt_without_tensorrt(model, tmp_path):
+    if tensorrt.importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    with pytest.raises(tensorrt.TensorRTUnavailable, match="tensorrt.*not installed.*trtexec --onnx"):
+        keras_nextvit.export(model, tmp_path / "m.plan", format="tensorrt", quantize="float16")
+    with pytest.raises(ValueError, match="needs representative_data"):
+        keras_nextvit.export(model, tmp_path / "m.plan", format="tensorrt", quantize="int8")
