@@ -3,6 +3,7 @@
     keras-nextvit info                 # variants, parameters, MACs vs the paper
     keras-nextvit demo                 # build, classify the shipped photo, save, reload
     keras-nextvit convert SRC OUT      # PyTorch checkpoint -> .weights.h5 / .keras
+    keras-nextvit export OUT --format tflite --quantize int8 --representative-data DIR
 """
 
 import argparse
@@ -93,6 +94,38 @@ def _convert(args):
     print(f"wrote {args.output}: {model.name}, {model.output_shape[-1]} outputs")
 
 
+def _export(args):
+    from .exporters import export
+    from .model import NextViT
+    from .presets import VARIANTS
+    from .weights import is_preset
+
+    size = args.size
+    model = NextViT(
+        depths=VARIANTS[args.variant]["depths"],
+        input_shape=(size, size, 3),
+        weights=args.weights,
+        name=f"nextvit_{args.variant}",
+    )
+    if args.weights is None:
+        print("note: no --weights given; exporting randomly initialised weights", file=sys.stderr)
+    elif is_preset(args.weights):
+        print(f"weights: preset {args.weights}")
+    report = export(
+        model,
+        args.output,
+        format=args.format,
+        quantize=args.quantize,
+        representative_data=args.representative_data,
+        merge_bn=not args.no_merge_bn,
+        batch_size=None if args.dynamic_batch else args.batch_size,
+        uint8_input=args.uint8_input,
+        calibration_steps=args.calibration_steps,
+    )
+    print(report)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-nextvit", description="Next-ViT for Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +140,22 @@ def build_parser():
     demo.add_argument("--size", type=int, default=224, help="input size (default 224)")
     demo.set_defaults(run=_demo)
 
+    export = commands.add_parser("export", help="export (SavedModel/TFLite/ONNX/TensorRT) and verify")
+    export.add_argument("output", help="output file (.tflite/.onnx/.plan) or folder (SavedModel)")
+    export.add_argument("--format", choices=["saved_model", "tflite", "onnx", "tensorrt"], default="tflite")
+    export.add_argument("--quantize", choices=["none", "float16", "dynamic", "int8"], default="none",
+                        help="TFLite: none/float16/dynamic/int8; TensorRT: none/float16/int8")
+    export.add_argument("--representative-data", help="image folder to calibrate int8 on")
+    export.add_argument("--calibration-steps", type=int, default=100)
+    export.add_argument("--variant", choices=["small", "base", "large"], default="small")
+    export.add_argument("--weights", help="preset name or checkpoint path")
+    export.add_argument("--size", type=int, default=224)
+    export.add_argument("--batch-size", type=int, default=1)
+    export.add_argument("--dynamic-batch", action="store_true", help="variable batch dimension")
+    export.add_argument("--uint8-input", action="store_true", help="SavedModel: uint8 images, normalised in-graph")
+    export.add_argument("--no-merge-bn", action="store_true", help="keep the BatchNorms")
+    export.set_defaults(run=_export)
+
     convert = commands.add_parser("convert", help="PyTorch checkpoint -> .weights.h5 or .keras")
     convert.add_argument("source")
     convert.add_argument("output")
@@ -120,7 +169,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
         print(f"keras-nextvit {args.command}: error: {error}", file=sys.stderr)
         return 2
 

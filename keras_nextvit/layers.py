@@ -109,6 +109,7 @@ class DropPath(keras.layers.Layer):
         self.seed_generator = (
             keras.random.SeedGenerator(seed) if self.rate > 0 else None
         )
+        self.built = True  # no weights to create
 
     def call(self, x, training=None):
         if not training or self.rate == 0.0:

@@ -1,23 +1,28 @@
 #!/usr/bin/env python
-"""Latency of Next-ViT: the Keras model on TensorFlow against the PyTorch reference.
+"""Latency of Next-ViT: Keras, its exports, and the PyTorch reference.
 
-    python tools/benchmark.py                      # Next-ViT-S, 224, batch 1 and 8
-    python tools/benchmark.py --variant base --batch 1
+    python tools/benchmark.py                         # everything, Next-ViT-S, 224, batch 1 and 8
+    python tools/benchmark.py --only keras --batch 1  # the Keras rows only (issue #2's bar)
+    python tools/benchmark.py --variant base --size 384
 
-Every configuration runs in a process of its own (fresh threads, caches and
-allocator), warms up, then reports the median of repeated runs:
+Every row runs in a process of its own (fresh threads, caches, allocator),
+warms up, then reports the median (and min) of repeated runs:
 
-* ``keras tf.function``: ``model(x, training=False)`` in a ``tf.function``;
-* ``keras XLA``: the same with ``jit_compile=True``;
-* ``torch eager``: ``tools/torch_reference.py`` under ``torch.inference_mode``.
+keras     tf.function, XLA (``jit_compile=True``), and Keras' own int8
+          (``merge_batchnorm`` + ``model.quantize("int8")``) under XLA
+exports   TFLite fp32 / fp16 / int8 (ai-edge-litert, XNNPACK), ONNX Runtime
+          (our tf2onnx export); artifacts are built once into --artifacts
+torch     the PyTorch reference (tools/torch_reference.py) in eager mode,
+          and the same model exported by torch.onnx in ONNX Runtime
 
-The bar of issue #2: the better of the two Keras rows at most 0.75x torch eager.
+Bars: issue #2, best Keras row <= 0.75 x torch eager; issue #3, our ONNX
+and TFLite fp32 within 10% of torch->ONNX in ONNX Runtime, our int8
+TFLite at most half of it. The table prints the ratios.
 """
 
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -25,6 +30,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
 
 
 def _median_ms(fn, x, warmup, repeats):
@@ -35,117 +41,249 @@ def _median_ms(fn, x, warmup, repeats):
         start = time.perf_counter()
         fn(x)
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), min(times)
+    return {"median_ms": statistics.median(times), "min_ms": min(times)}
 
 
-def keras_worker(variant, size, batch, mode, warmup, repeats):
-    """Runs inside its own process: build, compile, time."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    sys.path.insert(0, ROOT)
+def _images(batch, size):
     import numpy as np
-    import tensorflow as tf
 
+    return np.random.default_rng(0).uniform(-2, 2, (batch, size, size, 3)).astype("float32")
+
+
+def _keras_model(variant, size):
     import keras_nextvit
     from keras_nextvit.presets import VARIANTS
 
-    model = keras_nextvit.NextViT(
+    return keras_nextvit.NextViT(
         depths=VARIANTS[variant]["depths"], input_shape=(size, size, 3), name=variant
     )
-    x = tf.constant(np.random.default_rng(0).standard_normal((batch, size, size, 3)), tf.float32)
-    fn = tf.function(lambda t: model(t, training=False), jit_compile=(mode == "xla"))
-    median, best = _median_ms(lambda t: fn(t).numpy(), x, warmup, repeats)
-    return {"median_ms": median, "min_ms": best}
 
 
-def peak_worker(warmup, repeats):
-    """This CPU's practical float32 limit: GFLOP/s of a large TF matmul."""
+# ------------------------------------------------------------------ workers
+# Each runs in its own process and prints one JSON line.
+
+
+def work_keras(args, mode):
+    import tensorflow as tf
+
+    import keras_nextvit
+
+    model = _keras_model(args.variant, args.size)
+    if mode == "int8":
+        model = keras_nextvit.merge_batchnorm(model)
+        model.quantize("int8")
+    x = tf.constant(_images(args.batch[0], args.size))
+    fn = tf.function(lambda t: model(t, training=False), jit_compile=(mode != "function"))
+    return _median_ms(lambda t: fn(t).numpy(), x, args.warmup, args.repeats)
+
+
+def work_export(args, fmt, quantize, path):
+    """Build one artifact (not timed)."""
+    import keras_nextvit
+
+    model = _keras_model(args.variant, args.size)
+    calibration = [_images(1, args.size) for _ in range(8)] if quantize == "int8" else None
+    keras_nextvit.export(
+        model, path, format=fmt, quantize=quantize, representative_data=calibration,
+        batch_size=None, verify_export=False,
+    )
+    return {"size_mb": os.path.getsize(path) / 2**20}
+
+
+def work_tflite(args, path):
+    from keras_nextvit.exporters.tflite import TFLiteRunner
+
+    runner = TFLiteRunner(path, ["logits"])
+    return _median_ms(runner, _images(args.batch[0], args.size), args.warmup, args.repeats)
+
+
+def work_onnx(args, path):
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = _images(args.batch[0], args.size)
+    if session.get_inputs()[0].shape[1] == 3:  # NCHW (torch export)
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return _median_ms(lambda t: session.run(None, {name: t}), x, args.warmup, args.repeats)
+
+
+def work_torch_onnx_export(args, path):
+    import torch
+    import torch_reference
+
+    model = torch_reference.build(args.variant)
+    x = torch.zeros(1, 3, args.size, args.size)
+    torch.onnx.export(
+        model, (x,), path, opset_version=17, input_names=["images"], output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+    )
+    return {"size_mb": os.path.getsize(path) / 2**20}
+
+
+def work_torch_eager(args):
+    sys.path.insert(0, HERE)
+    import torch_reference
+
+    median, times = torch_reference.benchmark(
+        args.variant, args.size, args.batch[0], args.warmup, args.repeats
+    )
+    return {"median_ms": median, "min_ms": min(times)}
+
+
+def work_peak(args):
     import tensorflow as tf
 
     n = 2048
     a = tf.random.normal((n, n))
     fn = tf.function(lambda t: tf.matmul(t, t))
-    median, best = _median_ms(lambda t: fn(t).numpy(), a, warmup, repeats)
-    return {"median_ms": median, "min_ms": best, "gflops": 2 * n**3 / (best * 1e6)}
+    result = _median_ms(lambda t: fn(t).numpy(), a, args.warmup, args.repeats)
+    result["gflops"] = 2 * n**3 / (result["min_ms"] * 1e6)
+    return result
 
 
-def torch_worker(variant, size, batch, warmup, repeats):
+WORKERS = {
+    "keras": work_keras,
+    "export": work_export,
+    "tflite": work_tflite,
+    "onnx": work_onnx,
+    "torch-onnx-export": work_torch_onnx_export,
+    "torch-eager": work_torch_eager,
+    "peak": work_peak,
+}
+
+
+def run_worker(args, batch, name, *params):
     cmd = [
-        sys.executable, os.path.join(HERE, "torch_reference.py"),
-        "--variant", variant, "--size", str(size), "--batch", str(batch),
-        "--warmup", str(warmup), "--repeats", str(repeats),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    median = float(re.search(r"median ([\d.]+) ms", out)[1])
-    best = float(re.search(r"min ([\d.]+)", out)[1])
-    return {"median_ms": median, "min_ms": best}
-
-
-def run_isolated(kind, args, batch, mode=None):
-    if kind == "torch":
-        return torch_worker(args.variant, args.size, batch, args.warmup, args.repeats)
-    cmd = [
-        sys.executable, os.path.abspath(__file__), "--worker", mode,
+        sys.executable, os.path.abspath(__file__), "--worker", name, *map(str, params), "--",
         "--variant", args.variant, "--size", str(args.size), "--batch", str(batch),
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:120]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------------- driver
+
+
+def build_artifacts(args):
+    os.makedirs(args.artifacts, exist_ok=True)
+    name = f"nextvit_{args.variant}_{args.size}"
+    plan = {
+        "tflite fp32": ("export", "tflite", "none", f"{name}_fp32.tflite"),
+        "tflite fp16": ("export", "tflite", "float16", f"{name}_fp16.tflite"),
+        "tflite int8": ("export", "tflite", "int8", f"{name}_int8.tflite"),
+        "onnx (ours) ORT": ("export", "onnx", "none", f"{name}.onnx"),
+        "torch->onnx ORT": ("torch-onnx-export", f"{name}_torch.onnx"),
+    }
+    artifacts = {}
+    for row, (worker, *params) in plan.items():
+        path = os.path.join(args.artifacts, params[-1])
+        params[-1] = path
+        if not os.path.exists(path) or args.rebuild:
+            print(f"building {path} ...", file=sys.stderr, flush=True)
+            result = run_worker(args, 1, worker, *params)
+            if "error" in result:
+                print(f"  failed: {result['error']}", file=sys.stderr)
+                continue
+        artifacts[row] = path
+    return artifacts
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        split = argv.index("--")
+        name, params, rest = argv[1], argv[2:split], argv[split + 1 :]
+        args = parse(rest)
+        print(json.dumps(WORKERS[name](args, *params) if params else WORKERS[name](args)))
+        return
+    args = parse(argv)
+    groups = set(args.only or ["keras", "exports", "torch"])
+    artifacts = build_artifacts(args) if "exports" in groups else {}
+
+    table = []
+    for batch in args.batch:
+        rows = {}
+        if "keras" in groups:
+            rows["keras tf.function"] = run_worker(args, batch, "keras", "function")
+            rows["keras XLA"] = run_worker(args, batch, "keras", "xla")
+            rows["keras int8 (quantize) XLA"] = run_worker(args, batch, "keras", "int8")
+        for row, path in artifacts.items():
+            kind = "tflite" if path.endswith(".tflite") else "onnx"
+            rows[row] = run_worker(args, batch, kind, path)
+            rows[row]["size_mb"] = os.path.getsize(path) / 2**20
+        if "torch" in groups:
+            rows["torch eager (reference)"] = run_worker(args, batch, "torch-eager")
+        table.append((batch, rows))
+
+    print(f"\nNext-ViT-{args.variant[0].upper()} {args.size}x{args.size}, {os.cpu_count()} CPUs; "
+          f"median and min of {args.repeats} runs after {args.warmup} warm-up runs, one process each")
+    print(f"{'batch':>5}  {'configuration':<28}{'median ms':>10}{'min ms':>9}{'ms/image':>10}{'size MiB':>10}")
+    for batch, rows in table:
+        for name, r in rows.items():
+            if "error" in r:
+                print(f"{batch:>5}  {name:<28}  failed: {r['error']}")
+                continue
+            size = f"{r['size_mb']:>10.1f}" if "size_mb" in r else ""
+            print(f"{batch:>5}  {name:<28}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
+                  f"{r['median_ms'] / batch:>10.1f}{size}")
+        report_bars(batch, rows)
+
+    if "keras" in groups:
+        from keras_nextvit.presets import PAPER
+
+        peak = run_worker(args, 1, "peak")
+        gflop = 2 * PAPER[args.variant]["gflops"] * (args.size / 224) ** 2
+        print(f"\nfloat32 matmul (2048^2) on this CPU: {peak['gflops']:.0f} GFLOP/s; one image is "
+              f"~{gflop:.1f} GFLOP (2 x MACs), ~{gflop / peak['gflops'] * 1e3:.0f} ms at that rate")
+
+
+def _ms(rows, name):
+    r = rows.get(name, {})
+    return r.get("median_ms")
+
+
+def report_bars(batch, rows):
+    eager = _ms(rows, "torch eager (reference)")
+    keras_best = min(
+        (v for v in (_ms(rows, "keras tf.function"), _ms(rows, "keras XLA")) if v), default=None
+    )
+    if eager and keras_best:
+        ratio = keras_best / eager
+        print(f"{batch:>5}  issue #2: best float Keras / torch eager = {ratio:.2f} "
+              f"({'meets' if ratio <= 0.75 else 'misses'} <= 0.75)")
+    ref = _ms(rows, "torch->onnx ORT")
+    if ref:
+        for name, limit, label in (
+            ("onnx (ours) ORT", 1.10, "within 10%"),
+            ("tflite fp32", 1.10, "within 10%"),
+            ("tflite int8", 0.50, "at most half"),
+        ):
+            ms = _ms(rows, name)
+            if ms:
+                ratio = ms / ref
+                print(f"{batch:>5}  issue #3: {name} / torch->onnx ORT = {ratio:.2f} "
+                      f"({'meets' if ratio <= limit else 'misses'} {label})")
+
+
+def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="small", choices=["small", "base", "large"])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--worker", choices=["function", "xla", "peak"], help=argparse.SUPPRESS)
-    parser.add_argument("--skip-torch", action="store_true", help="no PyTorch reference rows")
-    args = parser.parse_args(argv)
-
-    if args.worker == "peak":
-        print(json.dumps(peak_worker(args.warmup, args.repeats)))
-        return
-    if args.worker:
-        result = keras_worker(args.variant, args.size, args.batch[0], args.worker, args.warmup, args.repeats)
-        print(json.dumps(result))
-        return
-
-    rows = []
-    for batch in args.batch:
-        results = {
-            "keras tf.function": run_isolated("keras", args, batch, "function"),
-            "keras XLA": run_isolated("keras", args, batch, "xla"),
-        }
-        if not args.skip_torch:
-            results["torch eager (reference)"] = run_isolated("torch", args, batch)
-        rows.append((batch, results))
-
-    print(f"Next-ViT-{args.variant[0].upper()} {args.size}x{args.size}, {os.cpu_count()} CPUs, "
-          f"median of {args.repeats} runs after {args.warmup} warm-up runs, one process each")
-    print(f"{'batch':>5}  {'configuration':<26}{'median ms':>10}{'min ms':>9}{'ms/image':>10}")
-    for batch, results in rows:
-        for name, r in results.items():
-            print(f"{batch:>5}  {name:<26}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
-                  f"{r['median_ms'] / batch:>10.1f}")
-        if "torch eager (reference)" in results:
-            best = min(results["keras tf.function"]["median_ms"], results["keras XLA"]["median_ms"])
-            ratio = best / results["torch eager (reference)"]["median_ms"]
-            verdict = "meets" if ratio <= 0.75 else "misses"
-            print(f"{batch:>5}  best Keras / torch eager = {ratio:.2f} ({verdict} the 0.75 bar)")
-
-    # How close to the hardware both are: MACs of one image against this
-    # CPU's float32 matmul rate.
-    sys.path.insert(0, ROOT)
-    from keras_nextvit.presets import PAPER
-
-    peak = run_isolated("keras", args, 1, "peak")
-    gflop = 2 * PAPER[args.variant]["gflops"] * (args.size / 224) ** 2
-    print(f"\nfloat32 matmul (2048^2) on this CPU: {peak['gflops']:.0f} GFLOP/s; one image is "
-          f"~{gflop:.1f} GFLOP (2 x MACs), so ~{gflop / peak['gflops'] * 1e3:.0f} ms at that rate")
+    parser.add_argument("--only", nargs="+", choices=["keras", "exports", "torch"])
+    parser.add_argument("--artifacts", default=os.path.join(ROOT, "out", "benchmark"),
+                        help="where exported models are built and kept")
+    parser.add_argument("--rebuild", action="store_true", help="re-export the artifacts")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
