@@ -260,7 +260,7 @@ class MHCA(_Composite):
 
     TORCH_CHILDREN = ("group_conv3x3", "norm", "projection")
 
-    def __init__(self, filters, head_dim=32, **kwargs):
+    def __init__(self, filters, head_dim=32, split_heads=True, **kwargs):
         super().__init__(**kwargs)
         if filters % head_dim:
             raise ValueError(
@@ -268,6 +268,10 @@ class MHCA(_Composite):
             )
         self.filters = filters
         self.head_dim = head_dim
+        # How the grouped conv runs (same weights, same numbers): one plain
+        # conv per head (fast under XLA, and what tf2onnx can convert), or
+        # one grouped conv (what TFLite/XNNPACK run fastest).
+        self.split_heads = split_heads
         self.group_conv3x3 = keras.layers.Conv2D(
             filters,
             3,
@@ -287,13 +291,14 @@ class MHCA(_Composite):
         self.projection.build(out_shape)
 
     def _grouped_conv(self, x):
-        """The grouped 3x3 conv, computed head by head.
+        """The grouped 3x3 conv, by default computed head by head.
 
         Same numbers as ``self.group_conv3x3(x)``, but one ordinary 3x3
-        conv per head: XLA on CPU runs grouped convolutions 3x slower than
-        this, and converters (TFLite, Keras' ONNX export) handle plain convs
-        better than grouped ones.
+        conv per head: XLA on CPU runs the grouped convolution of stage 1
+        3x slower than this, and tf2onnx cannot convert Keras' grouped conv.
         """
+        if not self.split_heads:
+            return self.group_conv3x3(x)
         kernel = self.group_conv3x3.kernel
         heads = ops.split(x, self.filters // self.head_dim, axis=-1)
         outputs = [
@@ -315,6 +320,8 @@ class MHCA(_Composite):
     def get_config(self):
         config = super().get_config()
         config.update(filters=self.filters, head_dim=self.head_dim)
+        if not self.split_heads:
+            config["split_heads"] = False
         return config
 
 

@@ -60,7 +60,12 @@ def test_onnx_graph_is_merged_and_tensorrt_parsable(model, tmp_path):
     onnx.checker.check_model(proto)
     assert proto.opset_import[0].version >= 17
     ops = onnx_export.operator_types(proto)
-    assert "BatchNormalization" not in ops and "Conv" in ops
+    assert "BatchNormalization" not in ops and "Split" not in ops
+    # MHCA's per-head convs are fused back into one grouped Conv: 4 stem + 20 MHCA
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 24
+    groups = {a.i for n in convs for a in n.attribute if a.name == "group"} - {1}
+    assert groups == {2, 3, 4, 6, 8, 12, 24}  # channels / 32 of every MHCA
     assert onnx_export.unsupported_by_tensorrt(proto) == []
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 0  # dynamic batch
 

@@ -78,14 +78,14 @@ def work_keras(args, mode):
 
 
 def work_export(args, fmt, quantize, path):
-    """Build one artifact (not timed)."""
+    """Build one artifact with a fixed batch size (not timed)."""
     import keras_nextvit
 
     model = _keras_model(args.variant, args.size)
     calibration = [_images(1, args.size) for _ in range(8)] if quantize == "int8" else None
     keras_nextvit.export(
         model, path, format=fmt, quantize=quantize, representative_data=calibration,
-        batch_size=None, verify_export=False,
+        batch_size=args.batch[0], verify_export=False,
     )
     return {"size_mb": os.path.getsize(path) / 2**20}
 
@@ -114,10 +114,10 @@ def work_torch_onnx_export(args, path):
     import torch_reference
 
     model = torch_reference.build(args.variant)
-    x = torch.zeros(1, 3, args.size, args.size)
+    x = torch.zeros(args.batch[0], 3, args.size, args.size)  # fixed batch, as ours
     torch.onnx.export(
         model, (x,), path, opset_version=17, input_names=["images"], output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        dynamo=False,
     )
     return {"size_mb": os.path.getsize(path) / 2**20}
 
@@ -171,9 +171,11 @@ def run_worker(args, batch, name, *params):
 # ------------------------------------------------------------------- driver
 
 
-def build_artifacts(args):
+def build_artifacts(args, batch):
+    """Exported models for one fixed batch size (a fixed batch lets the
+    converters fold every shape computation away)."""
     os.makedirs(args.artifacts, exist_ok=True)
-    name = f"nextvit_{args.variant}_{args.size}"
+    name = f"nextvit_{args.variant}_{args.size}_b{batch}"
     plan = {
         "tflite fp32": ("export", "tflite", "none", f"{name}_fp32.tflite"),
         "tflite fp16": ("export", "tflite", "float16", f"{name}_fp16.tflite"),
@@ -187,7 +189,7 @@ def build_artifacts(args):
         params[-1] = path
         if not os.path.exists(path) or args.rebuild:
             print(f"building {path} ...", file=sys.stderr, flush=True)
-            result = run_worker(args, 1, worker, *params)
+            result = run_worker(args, batch, worker, *params)
             if "error" in result:
                 print(f"  failed: {result['error']}", file=sys.stderr)
                 continue
@@ -205,10 +207,10 @@ def main(argv=None):
         return
     args = parse(argv)
     groups = set(args.only or ["keras", "exports", "torch"])
-    artifacts = build_artifacts(args) if "exports" in groups else {}
 
     table = []
     for batch in args.batch:
+        artifacts = build_artifacts(args, batch) if "exports" in groups else {}
         rows = {}
         if "keras" in groups:
             rows["keras tf.function"] = run_worker(args, batch, "keras", "function")

@@ -62,8 +62,9 @@ def _image_files(folder):
     return files
 
 
-def representative_batches(data, input_shape, steps=100):
-    """A converter-style callable yielding ``[x]`` with ``x`` of shape (1, h, w, c).
+def representative_batches(data, input_shape, steps=100, batch_size=1):
+    """A converter-style callable yielding ``[x]``, ``x`` of shape
+    ``(batch_size, h, w, c)`` (the exported model's batch).
 
     ``data``: an image folder (searched recursively; images are resized,
     center-cropped and normalised as the presets are), a callable returning
@@ -100,16 +101,28 @@ def representative_batches(data, input_shape, steps=100):
         items = list(data)
         source = lambda: items  # noqa: E731
 
-    def dataset():
+    def images():
         count = 0
         for batch in source():
             for x in check(batch):
-                yield [x[None]]
+                yield x
                 count += 1
                 if count >= steps:
                     return
         if count == 0:
             raise ValueError("representative_data yielded no images.")
+
+    def dataset():
+        group, batches = [], 0
+        for x in images():
+            group.append(x)
+            if len(group) == batch_size:
+                yield [np.stack(group)]
+                group, batches = [], batches + 1
+        if batches == 0:
+            raise ValueError(
+                f"representative_data has {len(group)} images, fewer than one batch of {batch_size}."
+            )
 
     return dataset
 
@@ -188,7 +201,7 @@ def export(
     shape = tuple(deploy.inputs[0].shape[1:])
     names = saved_model.output_names(deploy)
     representative = (
-        representative_batches(representative_data, shape, calibration_steps)
+        representative_batches(representative_data, shape, calibration_steps, batch_size or 1)
         if representative_data is not None
         else None
     )

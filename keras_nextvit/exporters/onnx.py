@@ -34,10 +34,91 @@ def export_onnx(model, path, batch_size=1, opset=DEFAULT_OPSET):
     serve = serving_fn(model)
     fn = tf.function(lambda images: tuple(serve(images)))
     proto, _ = tf2onnx.convert.from_function(
-        fn, input_signature=[input_spec(model, batch_size)], opset=opset, output_path=str(path)
+        fn, input_signature=[input_spec(model, batch_size)], opset=opset
     )
+    fuse_head_convs(proto)
+    onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
     return proto
+
+
+def fuse_head_convs(proto):
+    """Rewrite MHCA's per-head convolutions into one grouped ``Conv``.
+
+    The Keras graph computes MHCA head by head (see ``MHCA._grouped_conv``),
+    which tf2onnx emits as ``Split -> G x (Transpose -> Conv) -> Concat``.
+    ONNX Runtime and TensorRT run one grouped ``Conv`` faster, with a single
+    layout transpose. Same weights, same numbers; returns how many it fused.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    weights = {init.name: init for init in graph.initializer}
+    remove, fused = set(), 0
+    new_nodes = {}  # id(concat) -> replacement nodes
+
+    for split in [n for n in graph.node if n.op_type == "Split"]:
+        heads = []
+        for out in split.output:
+            users = consumers.get(out, [])
+            if len(users) != 1 or users[0].op_type != "Transpose":
+                break
+            transpose = users[0]
+            convs = consumers.get(transpose.output[0], [])
+            if len(convs) != 1 or convs[0].op_type != "Conv" or len(convs[0].input) != 2:
+                break
+            heads.append((transpose, convs[0]))
+        else:
+            concats = {id(c) for _, conv in heads for c in consumers.get(conv.output[0], [])}
+            concat = consumers.get(heads[0][1].output[0], [None])[0]
+            perm = [list(a.ints) for a in heads[0][0].attribute if a.name == "perm"]
+            axis = [a.i for a in getattr(concat, "attribute", []) if a.name == "axis"]
+            if (
+                len(concats) != 1
+                or concat is None
+                or concat.op_type != "Concat"
+                or list(concat.input) != [conv.output[0] for _, conv in heads]
+                or perm != [[0, 3, 1, 2]]
+                or axis != [1]
+                or any(conv.input[1] not in weights for _, conv in heads)
+            ):
+                continue
+            kernels = [numpy_helper.to_array(weights[conv.input[1]]) for _, conv in heads]
+            kernel_name = heads[0][1].input[1] + "_grouped"
+            graph.initializer.append(numpy_helper.from_array(np.concatenate(kernels, 0), kernel_name))
+            transpose = helper.make_node(
+                "Transpose", [split.input[0]], [kernel_name + "_nchw"], perm=[0, 3, 1, 2]
+            )
+            attributes = {a.name: helper.get_attribute_value(a) for a in heads[0][1].attribute}
+            attributes["group"] = len(heads)
+            conv = helper.make_node(
+                "Conv", [transpose.output[0], kernel_name], [concat.output[0]], **attributes
+            )
+            new_nodes[id(concat)] = [transpose, conv]
+            remove.add(id(split))
+            for head_transpose, head_conv in heads:
+                remove.update((id(head_transpose), id(head_conv)))
+            fused += 1
+
+    if fused:
+        nodes = []
+        for node in graph.node:
+            if id(node) in new_nodes:
+                nodes.extend(new_nodes[id(node)])
+            elif id(node) not in remove:
+                nodes.append(node)
+        used = {name for node in nodes for name in node.input}
+        keep = [init for init in graph.initializer if init.name in used]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return fused
 
 
 def operator_types(proto):

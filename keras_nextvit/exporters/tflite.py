@@ -8,6 +8,7 @@ with ``ai_edge_litert`` (TensorFlow's own ``tf.lite.Interpreter`` is
 deprecated), which applies XNNPACK by default.
 """
 
+import contextlib
 import os
 import tempfile
 
@@ -17,6 +18,22 @@ from .saved_model import SIGNATURE, export_saved_model
 from .verify import run_in_batches
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+
+
+@contextlib.contextmanager
+def grouped_mhca(model):
+    """Trace MHCA as one grouped conv (XNNPACK's fastest form: 15 ms instead
+    of 23 ms for int8 Next-ViT-S at 224 here), restoring the model after."""
+    from ..layers import MHCA
+
+    blocks = [l for l in model._flatten_layers() if isinstance(l, MHCA) and l.split_heads]
+    for layer in blocks:
+        layer.split_heads = False
+    try:
+        yield
+    finally:
+        for layer in blocks:
+            layer.split_heads = True
 
 
 def convert(model, quantize="none", representative=None, batch_size=1):
@@ -34,7 +51,7 @@ def convert(model, quantize="none", representative=None, batch_size=1):
             "quantize='int8' (full-integer) needs representative_data to calibrate on: "
             "an image folder or an iterable/generator of NHWC float batches."
         )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, grouped_mhca(model):
         saved = export_saved_model(
             model, os.path.join(tmp, "saved_model"), batch_size, for_converter=True
         )

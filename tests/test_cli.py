@@ -1,0 +1,95 @@
+"""The keras-nextvit command and the tools' entry points."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", "keras_nextvit.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
+    )
+
+
+def test_info_prints_counts_against_the_paper():
+    result = run("info")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    for line in ("31,763,368", "44,818,856", "57,874,344", "5.79", "8.27", "10.75"):
+        assert line in out
+    assert out.count("nextvit_") >= 12  # the presets
+
+
+def test_demo_classifies_saves_and_reloads():
+    result = run("demo", "--size", "96")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "classified chelsea.jpg" in out
+    assert "untrained weights" in out
+    assert "reloaded: max abs difference 0.0e+00" in out
+
+
+def test_demo_with_a_checkpoint(tmp_path):
+    from conftest import synthetic_checkpoint
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "small.safetensors"
+    save_file(dict(synthetic_checkpoint("small")), str(path))
+    result = run("demo", "--size", "64", "--weights", str(path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"weights: {path}" in result.stdout and "untrained" not in result.stdout
+
+
+def test_bad_requests_exit_with_a_message(tmp_path):
+    result = run("demo", "--weights", "nextvit_tiny.bd_in1k")
+    assert result.returncode == 2 and "Unknown preset 'nextvit_tiny.bd_in1k'" in result.stderr
+    result = run("export", str(tmp_path / "m.tflite"), "--quantize", "int8", "--size", "64")
+    assert result.returncode == 2 and "needs representative_data" in result.stderr
+    result = run("export", str(tmp_path / "m.plan"), "--format", "tensorrt", "--size", "64")
+    if "tensorrt" not in sys.modules:
+        assert result.returncode == 2 and "TensorRT export is not possible here" in result.stderr
+
+
+def test_export_command_prints_the_report(tmp_path):
+    path = tmp_path / "m.tflite"
+    result = run("export", str(path), "--format", "tflite", "--size", "64")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert path.exists() and "max abs error" in result.stdout and "cosine 1.0000" in result.stdout
+
+
+def test_tensorflow_model_optimization_refuses_keras3_models():
+    """What the README says: tfmot wraps only tf-keras (Keras 2) models."""
+    tfmot = pytest.importorskip("tensorflow_model_optimization")
+    import keras_nextvit
+
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="Sequential or Functional"):
+        tfmot.quantization.keras.quantize_model(model)
+    with pytest.raises(ValueError, match="can only prune"):
+        tfmot.sparsity.keras.prune_low_magnitude(model)
+
+
+def test_keras_int8_quantization_of_the_merged_model():
+    """Keras' own int8 (Dense layers, i.e. every 1x1 conv and linear)."""
+    import keras
+    import numpy as np
+    from conftest import synthetic_checkpoint
+
+    import keras_nextvit
+
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
+    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    merged = keras_nextvit.merge_batchnorm(model)
+    merged.quantize("int8")
+    dense = [l for l in merged._flatten_layers() if isinstance(l, keras.layers.Dense)]
+    assert len(dense) > 100 and all(l.quantization_mode == "int8" for l in dense)
+    x = np.random.default_rng(0).uniform(-2, 2, (2, 64, 64, 3)).astype("float32")
+    a, b = merged.predict(x, verbose=0), model.predict(x, verbose=0)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.99
