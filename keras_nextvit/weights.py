@@ -155,6 +155,13 @@ def _unwrap(state, source):
     return out
 
 
+def _unreadable(path, kind, error):
+    return CheckpointError(
+        f"{path}: could not be read as a {kind} checkpoint; the file is truncated, corrupt "
+        f"or not a checkpoint ({type(error).__name__}: {error})."
+    )
+
+
 def _read_torch(path):
     try:
         import torch
@@ -166,10 +173,7 @@ def _read_torch(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001
-        raise CheckpointError(
-            f"{path}: could not be read as a PyTorch checkpoint; the file is truncated, "
-            f"corrupt or not a checkpoint ({type(error).__name__}: {error})."
-        ) from None
+        raise _unreadable(path, "PyTorch", error) from None
 
 
 def _read_safetensors(path):
@@ -182,10 +186,7 @@ def _read_safetensors(path):
     try:
         return load_file(path)
     except Exception as error:  # noqa: BLE001
-        raise CheckpointError(
-            f"{path}: could not be read as a .safetensors checkpoint; the file is "
-            f"truncated, corrupt or not a checkpoint ({type(error).__name__}: {error})."
-        ) from None
+        raise _unreadable(path, ".safetensors", error) from None
 
 
 def _read_npz(path):
@@ -193,9 +194,7 @@ def _read_npz(path):
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except Exception as error:  # noqa: BLE001
-        raise CheckpointError(
-            f"{path}: could not be read as a .npz checkpoint ({type(error).__name__}: {error})."
-        ) from None
+        raise _unreadable(path, ".npz", error) from None
 
 
 def read_checkpoint(source):

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 torch = pytest.importorskip("torch")
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 REFERENCE_PATH = HERE.parent / "tools" / "torch_reference.py"
-RTOL = 1e-4  # max abs error <= RTOL * max |reference|
 
 # Odd, non-square and minimal sizes (NCHW). (1, 3, 32, 32) is the smallest
 # accepted input: stage 2's E-MHSA then sees exactly one 16-token window and
@@ -43,15 +43,6 @@ def _load_reference():
 
 
 ref = _load_reference()
-
-
-def assert_close(actual, expected, name):
-    actual = np.asarray(actual)
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    err = float(np.max(np.abs(actual - expected)))
-    bound = RTOL * float(np.max(np.abs(expected)))
-    assert err <= bound, f"{name}: max abs error {err:.3g} > {bound:.3g}"
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +84,15 @@ def test_reference_reproduces_golden_features(torch_small):
         ref.synthetic_input(int(golden["input_seed"]), images.shape).numpy(), images
     )
     logits, pre_logits, stages = torch_outputs(torch_small, images)
-    assert_close(logits, golden["logits"], "logits")
-    assert_close(pre_logits, golden["pre_logits"], "pre_logits")
+    assert_close(logits, golden["logits"], what="logits")
+    assert_close(pre_logits, golden["pre_logits"], what="pre_logits")
     for i, stage in enumerate(stages, start=1):
-        assert_close(stage, golden[f"stage{i}_nchw"], f"stage{i}")
+        assert_close(stage, golden[f"stage{i}_nchw"], what=f"stage{i}")
     # forward() and forward_pre_logits() are the same computation.
     with torch.inference_mode():
         x = torch.from_numpy(images)
-        assert_close(torch_small(x).numpy(), logits, "forward")
-        assert_close(torch_small.forward_pre_logits(x).numpy(), pre_logits, "pre_logits()")
+        assert_close(torch_small(x).numpy(), logits, what="forward")
+        assert_close(torch_small.forward_pre_logits(x).numpy(), pre_logits, what="pre_logits()")
 
 
 @pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -111,8 +102,8 @@ def test_keras_matches_reference_on_odd_sizes(torch_small, keras_small, shape):
     logits, _, stages = torch_outputs(torch_small, images)
 
     images_nhwc = images.transpose(0, 2, 3, 1)
-    assert_close(np.asarray(model(images_nhwc, training=False)), logits, "logits")
+    assert_close(np.asarray(model(images_nhwc, training=False)), logits, what="logits")
     keras_stages = features(images_nhwc, training=False)
     assert len(keras_stages) == 4
     for i, (k, t) in enumerate(zip(keras_stages, stages), start=1):
-        assert_close(np.asarray(k), t.transpose(0, 2, 3, 1), f"stage{i}")
+        assert_close(np.asarray(k), t.transpose(0, 2, 3, 1), what=f"stage{i}")

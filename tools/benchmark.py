@@ -23,10 +23,8 @@ TFLite at most half of it. The table prints the ratios.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -34,14 +32,9 @@ sys.path.insert(0, ROOT)
 
 
 def _median_ms(fn, x, warmup, repeats):
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+    from keras_nextvit.exporters.verify import latency_ms
+
+    return latency_ms(fn, x, warmup, repeats)
 
 
 def _images(batch, size):

@@ -115,7 +115,8 @@ def compare(name, actual, expected):
     )
 
 
-def median_latency_ms(fn, x, warmup=2, repeats=5):
+def latency_ms(fn, x, warmup=2, repeats=5):
+    """``{"median_ms", "min_ms"}`` of ``fn(x)`` after ``warmup`` calls."""
     for _ in range(warmup):
         fn(x)
     times = []
@@ -123,7 +124,7 @@ def median_latency_ms(fn, x, warmup=2, repeats=5):
         start = time.perf_counter()
         fn(x)
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return {"median_ms": statistics.median(times), "min_ms": min(times)}
 
 
 def file_size(path):
@@ -150,7 +151,7 @@ def verify(keras_fn, runner, inputs, output_names, fmt, quantize, path, repeats=
         path=str(path),
         file_size_bytes=file_size(path),
         batch_size=1,
-        latency_ms=median_latency_ms(runner, one, repeats=repeats),
-        keras_latency_ms=median_latency_ms(keras_fn, one, repeats=repeats),
+        latency_ms=latency_ms(runner, one, repeats=repeats)["median_ms"],
+        keras_latency_ms=latency_ms(keras_fn, one, repeats=repeats)["median_ms"],
         outputs=checks,
     )
