@@ -426,8 +426,9 @@ def load_weights(model, weights, cache=None):
         return load_torch_weights(model, weights)
     path = os.fspath(weights)
     if not os.path.exists(path):
-        if os.sep not in path and "." in path and not path.endswith((".h5", ".pth", ".safetensors")):
-            get_preset(path)  # raises the unknown-preset error
+        checkpoint_suffixes = (".h5", ".pth", ".pt", ".bin", ".safetensors", ".npz", ".ckpt", ".tar")
+        if os.sep not in path and not path.lower().endswith(checkpoint_suffixes):
+            get_preset(path)  # not a file name: raises the unknown-preset error
         raise FileNotFoundError(f"Weights file not found: {path}")
     if path.endswith(".weights.h5"):
         model.load_weights(path)

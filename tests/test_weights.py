@@ -192,7 +192,7 @@ def test_unknown_preset():
     with pytest.raises(ValueError, match=r"Unknown preset 'nextvit_smal.bd_in1k'.*Did you mean 'nextvit_small.bd_in1k'"):
         small(weights="nextvit_smal.bd_in1k")
     with pytest.raises(ValueError, match="Unknown preset 'imagenet'"):
-        keras_nextvit.get_preset("imagenet")
+        small(weights="imagenet")  # the keras.applications habit
 
 
 def test_preset_from_local_cache(reference, tmp_path, monkeypatch, x):
