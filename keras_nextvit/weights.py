@@ -147,7 +147,7 @@ def _unwrap(state, source):
         try:
             out[key] = np.asarray(value)
         except Exception as error:  # noqa: BLE001
-            raise CheckpointError(f"{source}: entry {key!r} is not an array ({error}).")
+            raise CheckpointError(f"{source}: entry {key!r} is not an array ({error}).") from None
         if out[key].dtype == object:
             raise CheckpointError(f"{source}: entry {key!r} is not a numeric array.")
     if not out:

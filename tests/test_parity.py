@@ -7,7 +7,6 @@ file again under JAX and PyTorch.
 import functools
 
 import keras
-import numpy as np
 import pytest
 from conftest import CASES, assert_close, golden, key_spec, nhwc, synthetic_checkpoint
 

@@ -53,7 +53,6 @@ def fuse_head_convs(proto):
     from onnx import helper, numpy_helper
 
     graph = proto.graph
-    producer = {out: node for node in graph.node for out in node.output}
     consumers = {}
     for node in graph.node:
         for name in node.input:
