@@ -279,15 +279,26 @@ def _official_block_count(state):
     return len({int(m[1]) for m in map(_OFFICIAL_BLOCK.match, state) if m})
 
 
-def _describe(raw, state, official):
+def _match_variant(state):
+    """``(variant or None, what was found)`` for a state dict in either naming:
+    the upstream naming tells only the total number of blocks."""
+    if is_official_naming(state):
+        total = _official_block_count(state)
+        matches = [n for n, c in presets.VARIANTS.items() if sum(c["depths"]) == total]
+        found = f"{total} blocks in all"
+    else:
+        depths = checkpoint_depths(state)
+        matches = [n for n, c in presets.VARIANTS.items() if tuple(c["depths"]) == depths]
+        found = f"depths {depths}"
+    return (matches[0] if matches else None), found
+
+
+def _describe(state):
     """What a checkpoint looks like, for error messages."""
-    if not official:
+    if not is_official_naming(state):
         return _variant_of(checkpoint_depths(state))
-    total = _official_block_count(raw)
-    names = [
-        f"Next-ViT-{n[0].upper()}" for n, c in presets.VARIANTS.items() if sum(c["depths"]) == total
-    ]
-    return f"{total} blocks in all" + (f" ({names[0]})" if names else "")
+    variant, found = _match_variant(state)
+    return found + (f" (Next-ViT-{variant[0].upper()})" if variant else "")
 
 
 # --------------------------------------------------------------------------
@@ -332,7 +343,7 @@ def load_torch_weights(model, source):
         k for k in state if k not in expected_names and not (not has_head and k.startswith("head."))
     ]
     if missing or unexpected:
-        found = _describe(raw, state, official)
+        found = _describe(raw)
         message = [
             f"Checkpoint does not fit model {model.name!r} ({_variant_of(depths)}); "
             f"the checkpoint looks like {found}."
@@ -443,17 +454,7 @@ def load_weights(model, weights, cache=None):
 
 def infer_variant(state):
     """``(variant, num_classes)`` of a checkpoint (either naming)."""
-    if is_official_naming(state):
-        total = _official_block_count(state)
-        by_total = {sum(c["depths"]): name for name, c in presets.VARIANTS.items()}
-        variant = by_total.get(total)
-        found = f"{total} blocks"
-    else:
-        depths = checkpoint_depths(state)
-        variant = next(
-            (n for n, c in presets.VARIANTS.items() if tuple(c["depths"]) == depths), None
-        )
-        found = f"depths {depths}"
+    variant, found = _match_variant(state)
     if variant is None:
         raise CheckpointError(f"Checkpoint matches no Next-ViT variant ({found}).")
     head = state.get("head.fc.weight", state.get("proj_head.0.weight"))

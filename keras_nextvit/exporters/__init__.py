@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from .. import presets
+from ..preprocessing import preprocess_input
 from ..reparam import merge_batchnorm
 from . import onnx as onnx_export
 from . import saved_model, tensorrt, tflite
@@ -70,7 +71,7 @@ def representative_batches(data, input_shape, steps=100, batch_size=1):
     center-cropped and normalised as the presets are), a callable returning
     an iterable, or an iterable of preprocessed NHWC batches or HWC images.
     """
-    from ..preprocessing import load_image, preprocess_input
+    from ..preprocessing import load_image
 
     h, w, c = input_shape
 
@@ -132,6 +133,14 @@ def default_inputs(shape, batch=2, seed=1234):
 
     h, w, c = shape
     return synthetic_input(seed, (batch, c, h, w)).transpose(0, 2, 3, 1).copy()
+
+
+def _to_uint8(images):
+    """Normalised float images back to the uint8 pixels they came from
+    (the inverse of ``preprocess_input``)."""
+    mean = np.asarray(presets.IMAGENET_MEAN) * 255
+    std = np.asarray(presets.IMAGENET_STD) * 255
+    return np.clip(np.round(images * std + mean), 0, 255).astype(np.uint8)
 
 
 def _require_tensorflow_backend(fmt):
@@ -206,8 +215,7 @@ def export(
         else None
     )
     path = pathlib.Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
 
     if format == "saved_model":
         saved_model.export_saved_model(deploy, path, batch_size, uint8_input)
@@ -216,9 +224,7 @@ def export(
             raw = runner
 
             def runner(x):  # verify through the in-graph preprocessing
-                mean = np.asarray(presets.IMAGENET_MEAN) * 255
-                std = np.asarray(presets.IMAGENET_STD) * 255
-                return raw(np.clip(np.round(x * std + mean), 0, 255).astype(np.uint8))
+                return raw(_to_uint8(x))
 
     elif format == "tflite":
         path.write_bytes(tflite.convert(deploy, quantize, representative, batch_size))
@@ -246,10 +252,7 @@ def export(
         return None
     inputs = default_inputs(shape) if verification_data is None else np.asarray(verification_data, np.float32)
     if uint8_input:
-        # what a uint8 round trip can represent
-        mean = np.asarray(presets.IMAGENET_MEAN) * 255
-        std = np.asarray(presets.IMAGENET_STD) * 255
-        inputs = ((np.clip(np.round(inputs * std + mean), 0, 255) - mean) / std).astype(np.float32)
+        inputs = preprocess_input(_to_uint8(inputs))  # what uint8 pixels can represent
 
     import tensorflow as tf
 
