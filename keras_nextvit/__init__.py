@@ -10,6 +10,7 @@ if "tensorflow" not in sys.modules:
 __version__ = "0.1.0"
 
 from .exporters import export
+from .finetune import freeze_stages, replace_classifier, unfreeze
 from .layers import MHCA, MLP, NCB, NTB, ConvBNReLU, DropPath, EfficientMHSA, PatchEmbed
 from .model import NextViT, NextViTBase, NextViTLarge, NextViTSmall, feature_extractor, stage_plan
 from .preprocessing import decode_predictions, load_image, preprocess_input
@@ -34,6 +35,7 @@ __all__ = [
     "PatchEmbed",
     "VARIANTS",
     "feature_extractor",
+    "freeze_stages",
     "decode_predictions",
     "export",
     "get_preset",
@@ -41,6 +43,8 @@ __all__ = [
     "preprocess_input",
     "load_torch_weights",
     "merge_batchnorm",
+    "replace_classifier",
     "stage_plan",
     "torch_state_dict_spec",
+    "unfreeze",
 ]

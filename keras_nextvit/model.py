@@ -185,7 +185,9 @@ def NextViT(
     x = _batch_norm("norm")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dense(classes, activation=classifier_activation, name="head_fc")(x)
+        x = keras.layers.Dense(
+            classes, activation=classifier_activation, name="head_fc", dtype=_head_dtype()
+        )(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
@@ -196,6 +198,13 @@ def NextViT(
     if weights is not None:
         weights_lib.load_weights(model, weights)
     return model
+
+
+def _head_dtype():
+    """float32 logits under a mixed-precision policy (Keras' advice for the last
+    layer: softmax, losses and metrics stay accurate); else the policy's."""
+    policy = keras.config.dtype_policy()
+    return "float32" if policy.compute_dtype != policy.variable_dtype else None
 
 
 def _variant_builder(variant, default_name):
