@@ -128,7 +128,7 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.steps_per_update = int(steps_per_update)
 
     def __call__(self, step):
-        step = ops.floor_divide(ops.cast(step, "int64"), self.steps_per_update)
+        step = ops.floor_divide(ops.cast(step, "int32"), self.steps_per_update)
         step = ops.cast(step, "float32")
         warm = self.warmup_lr + (self.peak_lr - self.warmup_lr) * step / max(self.warmup_steps, 1)
         if self.schedule == "constant":

@@ -8,6 +8,7 @@ the full variants take.
 
 import csv
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -408,3 +409,40 @@ def test_train_command(folder, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert '"final_val"' in result.stdout
     assert (out / "model.keras").exists() and (out / "checkpoints" / "state.json").exists()
+
+
+JAX_SCRIPT = r"""
+import sys
+import numpy as np, keras
+from keras_nextvit import data as data_lib, training
+
+assert keras.backend.backend() == "jax" and len(keras.distribution.list_devices()) == 2
+# epsilon 1e-3: see test_gradient_accumulation_equals_the_mean_gradient
+recipe = training.Recipe(epochs=1, warmup_epochs=0, learning_rate=1e-4, base_batch_size=8,
+                         image_size=32, crop_pct=1.0, augmentation=data_lib.Augmentation(),
+                         epsilon=1e-3)
+runs = {}
+for name in ("none", "data_parallel"):  # data_parallel last: it is set for the process
+    result = training.train(sys.argv[1], output_dir=sys.argv[2] + name, variant=(1, 1, 5, 1),
+                            recipe=recipe, batch_size=8, distribution=name, tensorboard=False,
+                            verbose=0)
+    runs[name] = result
+losses = {k: np.array(r.history["step_loss"]) for k, r in runs.items()}
+sharding = runs["data_parallel"].model.trainable_variables[0].value.sharding
+print("losses", losses, sharding)
+assert len(sharding.mesh.devices.ravel()) == 2, sharding
+np.testing.assert_allclose(losses["data_parallel"], losses["none"], rtol=1e-5)
+"""
+
+
+def test_jax_data_parallel_equals_one_device(folder, tmp_path):
+    """keras.distribution.DataParallel on two (virtual) JAX CPU devices trains
+    the same steps as one device: same losses step after step."""
+    env = dict(os.environ, KERAS_BACKEND="jax",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT, str(folder / "train"), str(tmp_path / "run_")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "losses" in result.stdout
