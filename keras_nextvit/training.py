@@ -24,6 +24,8 @@ import json
 import math
 import os
 import pathlib
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -263,7 +265,12 @@ def restore_training_state(model, directory):
 
 
 def _is_chief():
-    """Whether this process writes checkpoints (always, unless multi-worker)."""
+    """Whether this process writes checkpoints and logs (always, unless it is
+    one of several workers and not the first)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index() == 0
     config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     task = config.get("task", {})
     if not task:
@@ -275,12 +282,27 @@ def _is_chief():
     )
 
 
+def _on_every_worker(save, directory):
+    """Run ``save(directory)`` on the chief, ``save(scratch)`` elsewhere.
+
+    Reading distributed variables can be a collective operation, so every
+    worker must save; only the chief's copy is kept.
+    """
+    if _is_chief():
+        save(pathlib.Path(directory))
+        return
+    scratch = tempfile.mkdtemp()
+    try:
+        save(pathlib.Path(scratch))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 class TrainingCheckpoint(keras.callbacks.Callback):
     """Saves :func:`save_training_state` after every epoch.
 
     Under multi-worker training every worker takes part in reading the
-    variables; only the chief writes into ``directory`` (the others write
-    into a scratch folder that is removed).
+    variables; only the chief's copy lands in ``directory``.
     """
 
     def __init__(self, directory):
@@ -288,17 +310,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.directory = pathlib.Path(directory)
 
     def on_epoch_end(self, epoch, logs=None):
-        if _is_chief():
-            save_training_state(self.model, self.directory, epoch + 1, logs)
-        else:
-            import shutil
-            import tempfile
-
-            scratch = tempfile.mkdtemp()
-            try:
-                save_training_state(self.model, scratch, epoch + 1, logs)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+        _on_every_worker(
+            lambda directory: save_training_state(self.model, directory, epoch + 1, logs),
+            self.directory,
+        )
 
 
 class StepLog(keras.callbacks.Callback):
@@ -330,11 +345,14 @@ def distribution_scope(name):
     * ``mirrored`` -- ``tf.distribute.MirroredStrategy``: all local GPUs (or
       CPUs/logical devices) of this machine.
     * ``multiworker`` -- ``tf.distribute.MultiWorkerMirroredStrategy``; the
-      cluster comes from ``TF_CONFIG`` on every machine.
+      cluster comes from ``TF_CONFIG`` on every machine. Blocked by Keras
+      (keras-team/keras#20585): it stops with a message naming the JAX route.
     * ``tpu`` -- ``tf.distribute.TPUStrategy`` on the TPU the cluster
       resolver finds.
     * ``data_parallel`` -- JAX backend: ``keras.distribution.DataParallel``
-      over all local devices (set globally for the process).
+      over all devices (set globally for the process); over several
+      machines when ``KERAS_DISTRIBUTION_NUM_PROCESSES`` > 1 (see
+      :func:`_initialize_jax_processes`).
 
     Build and compile the model inside ``context``.
     """
@@ -351,6 +369,8 @@ def distribution_scope(name):
                 f"over JAX devices; the Keras backend is {backend!r}. Set KERAS_BACKEND=jax, "
                 "or use 'mirrored' / 'multiworker' / 'tpu' on TensorFlow."
             )
+        if os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1") not in ("", "1"):
+            _initialize_jax_processes()
         devices = keras.distribution.list_devices()
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
         return contextlib.nullcontext(), len(devices)
@@ -370,6 +390,16 @@ def distribution_scope(name):
                 '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                 '"task": {"type": "worker", "index": 0}} (see the README).'
             )
+        if not _KERAS_FIT_SUPPORTS_MULTIWORKER:
+            raise NotImplementedError(
+                f"Keras {keras.__version__} cannot fit() under "
+                "tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585: the "
+                "first batch's shape probe and the per-step log reduction both fail). "
+                "Train on several machines with the JAX backend instead: "
+                "KERAS_BACKEND=jax, distribution='data_parallel' and "
+                "KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID on every "
+                "machine (see the README)."
+            )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         try:
@@ -383,6 +413,27 @@ def distribution_scope(name):
             ) from error
         strategy = tf.distribute.TPUStrategy(resolver)
     return strategy.scope(), strategy.num_replicas_in_sync
+
+
+# Set to True once a Keras release fixes keras-team/keras#20585.
+_KERAS_FIT_SUPPORTS_MULTIWORKER = False
+
+
+def _initialize_jax_processes():
+    """Join a multi-process JAX job (one process per machine, or per GPU).
+
+    ``keras.distribution.initialize`` reads the coordinator address, the
+    process count and this process's index from
+    ``KERAS_DISTRIBUTION_JOB_ADDRESSES``, ``KERAS_DISTRIBUTION_NUM_PROCESSES``
+    and ``KERAS_DISTRIBUTION_PROCESS_ID``. CPU processes exchange gradients
+    through gloo.
+    """
+    import jax
+
+    if jax.distributed.is_initialized():
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize()
 
 
 def synchronize_batchnorm(model, synchronized=True):
@@ -502,6 +553,8 @@ def train(
             f"got {mixed_precision!r}."
         )
     output_dir = pathlib.Path(output_dir)
+    # First: joining a multi-process JAX job must precede any JAX computation.
+    context, replicas = distribution_scope(distribution)
     keras.utils.set_random_seed(seed)
 
     train_folder = data_lib.image_folder(train_dir)
@@ -518,7 +571,6 @@ def train(
     if policy:
         keras.config.set_dtype_policy(policy)
     try:
-        context, replicas = distribution_scope(distribution)
         with context:
             model = _build_model(
                 variant, classes, recipe.image_size, weights, recipe.drop_path_rate, remat
@@ -548,14 +600,16 @@ def train(
                 val_folder, batch_size, recipe.image_size, crop_pct=recipe.crop_pct
             )
         extra_callbacks = list(callbacks)
+        # Under multi-worker training only the chief writes logs.
+        log_dir = output_dir if _is_chief() else pathlib.Path(tempfile.mkdtemp())
         callbacks = [
             TrainingCheckpoint(checkpoint_dir),
-            keras.callbacks.CSVLogger(str(output_dir / "log.csv"), append=initial_epoch > 0),
+            keras.callbacks.CSVLogger(str(log_dir / "log.csv"), append=initial_epoch > 0),
         ]
         if recipe.ema_momentum is not None:
             callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if tensorboard:
-            callbacks.append(keras.callbacks.TensorBoard(str(output_dir / "tensorboard")))
+            callbacks.append(keras.callbacks.TensorBoard(str(log_dir / "tensorboard")))
         step_log = StepLog()
         callbacks.append(step_log)
         callbacks.extend(extra_callbacks)
@@ -581,8 +635,7 @@ def train(
             metrics = model.evaluate(val_ds, return_dict=True, verbose=0)
         if replicas > 1 and keras.backend.backend() == "tensorflow":
             synchronize_batchnorm(model, False)
-        if _is_chief():
-            model.save(output_dir / "model.keras")
+        _on_every_worker(lambda directory: model.save(directory / "model.keras"), output_dir)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return TrainingResult(model, history, str(output_dir), initial_epoch, metrics)

@@ -7,6 +7,7 @@ the full variants take.
 """
 
 import csv
+import json
 import math
 import os
 import pathlib
@@ -326,6 +327,12 @@ def test_distribution_errors(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs TF_CONFIG"):
         training.distribution_scope("multiworker")
+    # Keras' fit() fails under MultiWorkerMirroredStrategy (keras-team/keras#20585):
+    # a clear stop that names the working route, not a deep trace from fit().
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1"]}, '
+                       '"task": {"type": "worker", "index": 0}}')
+    with pytest.raises(NotImplementedError, match="KERAS_BACKEND=jax"):
+        training.distribution_scope("multiworker")
 
 
 MIRRORED_SCRIPT = r"""
@@ -412,37 +419,59 @@ def test_train_command(folder, tmp_path):
 
 
 JAX_SCRIPT = r"""
-import sys
-import numpy as np, keras
+import json, sys
+import keras
 from keras_nextvit import data as data_lib, training
 
-assert keras.backend.backend() == "jax" and len(keras.distribution.list_devices()) == 2
 # epsilon 1e-3: see test_gradient_accumulation_equals_the_mean_gradient
 recipe = training.Recipe(epochs=1, warmup_epochs=0, learning_rate=1e-4, base_batch_size=8,
                          image_size=32, crop_pct=1.0, augmentation=data_lib.Augmentation(),
                          epsilon=1e-3)
-runs = {}
-for name in ("none", "data_parallel"):  # data_parallel last: it is set for the process
-    result = training.train(sys.argv[1], output_dir=sys.argv[2] + name, variant=(1, 1, 5, 1),
-                            recipe=recipe, batch_size=8, distribution=name, tensorboard=False,
-                            verbose=0)
-    runs[name] = result
-losses = {k: np.array(r.history["step_loss"]) for k, r in runs.items()}
-sharding = runs["data_parallel"].model.trainable_variables[0].value.sharding
-print("losses", losses, sharding)
-assert len(sharding.mesh.devices.ravel()) == 2, sharding
-np.testing.assert_allclose(losses["data_parallel"], losses["none"], rtol=1e-5)
+result = training.train(sys.argv[1], output_dir=sys.argv[2], variant=(1, 1, 5, 1),
+                        recipe=recipe, batch_size=8, distribution=sys.argv[3],
+                        tensorboard=False, verbose=0)
+devices = len(keras.distribution.list_devices())
+print("RESULT", json.dumps({"losses": result.history["step_loss"], "devices": devices}))
 """
 
 
-def test_jax_data_parallel_equals_one_device(folder, tmp_path):
-    """keras.distribution.DataParallel on two (virtual) JAX CPU devices trains
-    the same steps as one device: same losses step after step."""
-    env = dict(os.environ, KERAS_BACKEND="jax",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_SCRIPT, str(folder / "train"), str(tmp_path / "run_")],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+def _jax_run(args, env):
+    return subprocess.Popen(
+        [sys.executable, "-c", JAX_SCRIPT, *args], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert "losses" in result.stdout
+
+
+def _jax_result(process):
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out[-4000:]
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def test_jax_data_parallel_across_two_processes(folder, tmp_path):
+    """keras.distribution.DataParallel over two JAX processes (the multi-machine
+    setup of the README, here on one machine) trains the same steps as one
+    process on one device: same losses step after step."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    workers = [
+        _jax_run(
+            [str(folder / "train"), str(tmp_path / "multi"), "data_parallel"],
+            dict(env, KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port}",
+                 KERAS_DISTRIBUTION_NUM_PROCESSES="2", KERAS_DISTRIBUTION_PROCESS_ID=str(i)),
+        )
+        for i in range(2)
+    ]
+    single = _jax_result(_jax_run([str(folder / "train"), str(tmp_path / "single"), "none"], env))
+    results = [_jax_result(w) for w in workers]
+    assert [r["devices"] for r in results] == [2, 2]
+    for result in results:
+        np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5)
+    # only the first process writes
+    assert (tmp_path / "multi" / "model.keras").exists()
+    assert (tmp_path / "multi" / "checkpoints" / "state.json").exists()
