@@ -37,6 +37,8 @@ def export_onnx(model, path, batch_size=1, opset=DEFAULT_OPSET):
         fn, input_signature=[input_spec(model, batch_size)], opset=opset
     )
     fuse_head_convs(proto)
+    if pointwise_as_conv(proto):
+        proto = cancel_transposes(proto)
     onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
     return proto
@@ -118,6 +120,120 @@ def fuse_head_convs(proto):
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return fused
+
+
+def _inferred_shapes(proto):
+    """name -> list of dims (None where unknown) for every inferable tensor."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    values = list(inferred.graph.value_info) + list(inferred.graph.input)
+    return {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in values
+    }
+
+
+def pointwise_as_conv(proto):
+    """Rewrite the 1x1 projections (Keras ``Dense`` on NHWC maps) as 1x1 ``Conv``.
+
+    tf2onnx turns a Dense on a 4-D tensor into ``Reshape -> MatMul [-> Add]
+    -> Reshape`` on channels-last data, while every 3x3 convolution runs
+    channels-first, so each block pays layout ``Transpose`` nodes between
+    the two (70 for Next-ViT-S). Here each such chain becomes
+    ``Transpose -> Conv(1x1) -> Transpose``; :func:`cancel_transposes` then
+    removes the transposes that meet their inverse, leaving the network
+    channels-first from the stem to the head except inside E-MHSA.
+    Returns how many chains it rewrote.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    shapes = _inferred_shapes(proto)
+    weights = {init.name: init for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def constant(name):
+        return numpy_helper.to_array(weights[name]) if name in weights else None
+
+    def only_consumer(name, op_type):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    replace, remove = {}, set()
+    for matmul in [n for n in graph.node if n.op_type == "MatMul"]:
+        flatten = producer.get(matmul.input[0])
+        kernel = constant(matmul.input[1])
+        if flatten is None or flatten.op_type != "Reshape" or kernel is None or kernel.ndim != 2:
+            continue
+        if len(consumers[flatten.output[0]]) != 1:
+            continue
+        x, (c_in, c_out) = flatten.input[0], kernel.shape
+        bias, last = None, matmul
+        add = only_consumer(matmul.output[0], "Add")
+        if add is not None:
+            other = constant([i for i in add.input if i != matmul.output[0]][0])
+            if other is not None and other.shape == (c_out,):
+                bias, last = other, add
+        unflatten = only_consumer(last.output[0], "Reshape")
+        x_shape, y_shape = shapes.get(x), shapes.get(unflatten.output[0]) if unflatten else None
+        if (
+            unflatten is None
+            or x_shape is None
+            or y_shape is None
+            or len(x_shape) != 4
+            or len(y_shape) != 4
+            or x_shape[3] != c_in
+            or y_shape[3] != c_out
+            or None in x_shape[1:3]
+            or x_shape[1:3] != y_shape[1:3]
+        ):
+            continue
+        name = matmul.name + "/pointwise_conv"
+        inputs = [name + "/nchw", name + "/kernel"]
+        graph.initializer.append(
+            numpy_helper.from_array(np.ascontiguousarray(kernel.T[:, :, None, None]), inputs[1])
+        )
+        if bias is not None:
+            inputs.append(name + "/bias")
+            graph.initializer.append(numpy_helper.from_array(bias, inputs[2]))
+        replace[id(unflatten)] = [
+            helper.make_node("Transpose", [x], [inputs[0]], perm=[0, 3, 1, 2], name=name + "/to_nchw"),
+            helper.make_node("Conv", inputs, [name + "/out"], kernel_shape=[1, 1], name=name),
+            helper.make_node(
+                "Transpose", [name + "/out"], [unflatten.output[0]], perm=[0, 2, 3, 1], name=name + "/to_nhwc"
+            ),
+        ]
+        remove.update((id(flatten), id(matmul), id(last)))
+
+    if replace:
+        nodes = []
+        for node in graph.node:
+            if id(node) in replace:
+                nodes.extend(replace[id(node)])
+            elif id(node) not in remove:
+                nodes.append(node)
+        used = {name for node in nodes for name in node.input}
+        keep = [init for init in graph.initializer if init.name in used]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        del graph.value_info[:]  # stale after the rewrite; recomputed on load
+    return len(replace)
+
+
+def cancel_transposes(proto):
+    """tf2onnx's graph optimizers (transpose push-down and cancellation,
+    constant folding, identity removal) over an ONNX model; returns the new
+    model."""
+    from tf2onnx.graph import GraphUtil
+
+    return GraphUtil.optimize_model_proto(proto, catch_errors=False)
 
 
 def operator_types(proto):
