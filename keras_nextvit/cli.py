@@ -143,8 +143,10 @@ def build_parser():
     export = commands.add_parser("export", help="export (SavedModel/TFLite/ONNX/TensorRT) and verify")
     export.add_argument("output", help="output file (.tflite/.onnx/.plan) or folder (SavedModel)")
     export.add_argument("--format", choices=["saved_model", "tflite", "onnx", "tensorrt"], default="tflite")
-    export.add_argument("--quantize", choices=["none", "float16", "dynamic", "int8"], default="none",
-                        help="TFLite: none/float16/dynamic/int8; TensorRT: none/float16/int8")
+    export.add_argument("--quantize", choices=["none", "float16", "dynamic", "int8", "int8_float_attention"],
+                        default="none",
+                        help="TFLite: none/float16/dynamic/int8 (full-integer)/int8_float_attention; "
+                        "TensorRT: none/float16/int8")
     export.add_argument("--representative-data", help="image folder to calibrate int8 on")
     export.add_argument("--calibration-steps", type=int, default=100)
     export.add_argument("--variant", choices=["small", "base", "large"], default="small")

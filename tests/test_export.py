@@ -117,23 +117,36 @@ def test_tflite_dynamic_range(model, tmp_path):
     assert report.file_size_bytes < 0.3 * 127e6
 
 
-def test_tflite_int8_logits_and_pre_logits(model, tmp_path):
-    """Full-integer int8, calibrated on some inputs, checked on others."""
+@pytest.mark.parametrize("quantize", ["int8", "int8_float_attention"])
+def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
+    """int8, calibrated on some inputs, checked on others. ``int8`` is
+    full-integer; ``int8_float_attention`` keeps only the attention products
+    and softmax in float32."""
     two_heads = keras.Model(model.inputs, [model.output, model.get_layer("avg_pool").output])
     calibration = [inputs(100 + i, 4) for i in range(6)]  # 24 images
     held_out = inputs(999, 4)
+    path = tmp_path / f"{quantize}.tflite"
     report = keras_nextvit.export(
         two_heads,
-        tmp_path / "int8.tflite",
+        path,
         format="tflite",
-        quantize="int8",
+        quantize=quantize,
         representative_data=calibration,
         verification_data=held_out,
     )
     from ai_edge_litert.interpreter import Interpreter
 
-    details = Interpreter(model_path=str(tmp_path / "int8.tflite")).get_signature_runner().get_input_details()
+    interpreter = Interpreter(model_path=str(path))
+    details = interpreter.get_signature_runner().get_input_details()
     assert next(iter(details.values()))["dtype"] == np.int8
+    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    float_ops = sorted(
+        {op["op_name"] for op in interpreter._get_ops_details() if tensors[op["outputs"][0]] == np.float32}
+    )
+    if quantize == "int8":
+        assert float_ops == []
+    else:
+        assert float_ops == ["BATCH_MATMUL", "DEQUANTIZE", "SOFTMAX"]
     assert len(report.outputs) == 2
     for check in report.outputs:
         assert check.cosine >= 0.98, str(report)

@@ -173,8 +173,9 @@ def export(
         path: output file (``.tflite``, ``.onnx``, ``.plan``) or folder
             (SavedModel, TF-TRT).
         format: ``saved_model``, ``tflite``, ``onnx`` or ``tensorrt``.
-        quantize: TFLite: ``none``, ``float16``, ``dynamic`` or ``int8``
-            (full-integer); TensorRT: ``none`` (FP32), ``float16``, ``int8``.
+        quantize: TFLite: ``none``, ``float16``, ``dynamic``, ``int8``
+            (full-integer) or ``int8_float_attention`` (int8 but for the
+            attention products and softmax: the fast one on CPUs); TensorRT: ``none`` (FP32), ``float16``, ``int8``.
         representative_data: calibration data for int8: an image folder, or
             an iterable / generator function of preprocessed NHWC batches.
         merge_bn: fold BatchNorms first (the deployment form).
@@ -197,7 +198,7 @@ def export(
         )
     if uint8_input and format != "saved_model":
         raise ValueError("uint8_input is supported for format='saved_model' only.")
-    if quantize == "int8" and representative_data is None:
+    if quantize.startswith("int8") and representative_data is None:
         raise ValueError(
             f"quantize='int8' for {format} needs representative_data to calibrate on: an image "
             "folder or an iterable/generator of preprocessed NHWC batches."

@@ -176,7 +176,7 @@ def pointwise_as_conv(proto):
         bias, last = None, matmul
         add = only_consumer(matmul.output[0], "Add")
         if add is not None:
-            other = constant([i for i in add.input if i != matmul.output[0]][0])
+            other = constant(next(i for i in add.input if i != matmul.output[0]))
             if other is not None and other.shape == (c_out,):
                 bias, last = other, add
         unflatten = only_consumer(last.output[0], "Reshape")

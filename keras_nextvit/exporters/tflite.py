@@ -17,7 +17,13 @@ import numpy as np
 from .saved_model import SIGNATURE, export_saved_model
 from .verify import run_in_batches
 
-QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8", "int8_float_attention")
+
+# What ``int8_float_attention`` leaves in float32: E-MHSA's two
+# activation x activation products and the softmax between them. They carry
+# no weights; TFLite runs them in int8 only on its builtin kernels (XNNPACK
+# has no int8 batch matmul), 25x slower than XNNPACK's float32 ones here.
+FLOAT_ATTENTION_OPS = ("BATCH_MATMUL", "SOFTMAX")
 
 
 @contextlib.contextmanager
@@ -40,15 +46,20 @@ def convert(model, quantize="none", representative=None, batch_size=1):
     """TFLite flatbuffer bytes of ``model``.
 
     ``representative``: a zero-argument callable yielding ``[batch]`` lists
-    of float32 NHWC arrays (int8 only).
+    of float32 NHWC arrays (int8 modes only).
+
+    ``int8``: full-integer post-training quantization, every tensor int8
+    (what integer-only accelerators need). ``int8_float_attention``: the
+    same, except :data:`FLOAT_ATTENTION_OPS`, which run in float32 between
+    a dequantize and a quantize; input and output stay int8.
     """
     import tensorflow as tf
 
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}.")
-    if quantize == "int8" and representative is None:
+    if quantize.startswith("int8") and representative is None:
         raise ValueError(
-            "quantize='int8' (full-integer) needs representative_data to calibrate on: "
+            f"quantize={quantize!r} needs representative_data to calibrate on: "
             "an image folder or an iterable/generator of NHWC float batches."
         )
     with tempfile.TemporaryDirectory() as tmp, grouped_mhca(model):
@@ -60,11 +71,23 @@ def convert(model, quantize="none", representative=None, batch_size=1):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        elif quantize == "int8":
+        elif quantize.startswith("int8"):
             converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
+        if quantize == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if quantize == "int8_float_attention":
+            # The converter's own way to keep chosen ops in float: calibrate,
+            # then quantize everything but the deny-listed operators.
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter,
+                debug_dataset=representative,
+                debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                    denylisted_ops=list(FLOAT_ATTENTION_OPS), fully_quantize=True
+                ),
+            )
+            return debugger.get_nondebug_quantized_model()
         return converter.convert()
 
 
