@@ -23,6 +23,7 @@ TFLite at most half of it. The table prints the ratios.
 
 import argparse
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -256,7 +257,7 @@ def _combine(results):
     ok = [r for r in results if "error" not in r]
     if not ok:
         return results[0]
-    median = sorted(r["median_ms"] for r in ok)[len(ok) // 2]
+    median = statistics.median(r["median_ms"] for r in ok)
     return {"median_ms": median, "min_ms": min(r["min_ms"] for r in ok), "rounds": len(ok)}
 
 

@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Where the time goes: Next-ViT latency stage by stage, per runtime.
+
+    python tools/profile_stages.py                  # Next-ViT-S, 224, batch 1
+    python tools/profile_stages.py --runtimes xla tflite-int8
+
+For each runtime the model is cut after stage 1, 2, 3 and 4 (prefixes of
+``feature_extractor``); the time a stage adds is the difference between
+consecutive prefixes. Each runtime runs in its own process, like
+``tools/benchmark.py``. Then one MHCA grouped 3x3 convolution (stage 1's:
+56x56x96, 3 heads of 32 channels) alone, in each form TensorFlow offers.
+
+This is how the int8 attention slowdown (TFLite's int8 BATCH_MATMUL has no
+XNNPACK kernel) and the gap between XLA and XNNPACK on MHCA's grouped
+convolution were found.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+RUNTIMES = ("xla", "function", "tflite-fp32", "tflite-int8", "tflite-int8_float_attention")
+
+
+def _median_ms(fn, x, warmup=5, repeats=20):
+    from keras_nextvit.exporters.verify import latency_ms
+
+    return latency_ms(fn, x, warmup, repeats)["median_ms"]
+
+
+def work_stages(runtime, variant, size):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_nextvit
+    from keras_nextvit.presets import VARIANTS
+
+    model = keras_nextvit.NextViT(depths=VARIANTS[variant]["depths"], input_shape=(size, size, 3))
+    images = np.random.default_rng(0).uniform(-2, 2, (1, size, size, 3)).astype("float32")
+    features = keras_nextvit.feature_extractor(model)
+    times = []
+    for k in range(4):
+        prefix = keras.Model(features.inputs, features.outputs[k])
+        if runtime in ("xla", "function"):
+            fn = tf.function(lambda t: prefix(t, training=False), jit_compile=runtime == "xla")
+            times.append(_median_ms(lambda t: fn(t).numpy(), tf.constant(images)))
+        else:
+            from keras_nextvit.exporters import tflite
+            from keras_nextvit.exporters.saved_model import output_names
+
+            quantize = runtime.split("-", 1)[1].replace("fp32", "none")
+            calibration = None
+            if quantize != "none":
+                rng = np.random.default_rng(1)
+
+                def calibration():
+                    for _ in range(4):
+                        yield [rng.uniform(-2, 2, images.shape).astype("float32")]
+
+            deploy = keras_nextvit.merge_batchnorm(prefix)
+            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_{os.getpid()}.tflite")
+            with open(path, "wb") as f:
+                f.write(tflite.convert(deploy, quantize, calibration))
+            runner = tflite.TFLiteRunner(path, output_names(deploy))
+            times.append(_median_ms(runner, images))
+            os.remove(path)
+    return times
+
+
+def work_mhca_conv():
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(1, 56, 56, 96)).astype("float32"))
+    w = tf.constant(rng.normal(size=(3, 3, 32, 96)).astype("float32"))
+
+    def per_head(t):
+        heads = tf.split(t, 3, axis=-1)
+        return tf.concat(
+            [tf.nn.conv2d(h, w[..., 32 * i : 32 * (i + 1)], 1, "SAME") for i, h in enumerate(heads)], -1
+        )
+
+    def grouped(t):
+        return tf.nn.conv2d(t, w, 1, "SAME")
+
+    result = {}
+    for name, f in (("per-head", per_head), ("grouped", grouped)):
+        for jit in (True, False):
+            fn = tf.function(f, jit_compile=jit)
+            result[f"TF {'XLA' if jit else 'tf.function'} {name}"] = _median_ms(
+                lambda t, fn=fn: fn(t).numpy(), x
+            )
+    import keras
+
+    from keras_nextvit.exporters import tflite
+    from keras_nextvit.exporters.saved_model import output_names
+
+    inputs = keras.Input((56, 56, 96), batch_size=1)
+    conv = keras.layers.Conv2D(96, 3, padding="same", groups=3, use_bias=False)
+    model = keras.Model(inputs, conv(inputs))
+    conv.kernel.assign(w.numpy())
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_{os.getpid()}.tflite")
+    with open(path, "wb") as f:
+        f.write(tflite.convert(model, "none"))
+    runner = tflite.TFLiteRunner(path, output_names(model))
+    result["TFLite XNNPACK grouped"] = _median_ms(runner, x.numpy())
+    os.remove(path)
+    return result
+
+
+def run_worker(*params):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", *map(str, params)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:120]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        if argv[1] == "mhca":
+            print(json.dumps(work_mhca_conv()))
+        else:
+            print(json.dumps(work_stages(argv[1], argv[2], int(argv[3]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="small", choices=["small", "base", "large"])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    args = parser.parse_args(argv)
+
+    print(f"Next-ViT-{args.variant[0].upper()} {args.size}x{args.size}, batch 1: "
+          "ms each stage adds (stage 1 includes the stem), median of 20 runs")
+    print(f"{'runtime':<30}{'stage 1':>9}{'stage 2':>9}{'stage 3':>9}{'stage 4':>9}{'total':>9}")
+    for runtime in args.runtimes:
+        times = run_worker(runtime, args.variant, args.size)
+        if isinstance(times, dict):
+            print(f"{runtime:<30}  failed: {times['error']}")
+            continue
+        added = [times[0]] + [b - a for a, b in zip(times, times[1:])]
+        print(f"{runtime:<30}" + "".join(f"{t:>9.2f}" for t in added) + f"{times[-1]:>9.2f}")
+    print("\nMHCA grouped 3x3 conv of stage 1 (56x56x96, 3 heads of 32), ms:")
+    for name, ms in run_worker("mhca").items():
+        print(f"  {name:<28}{ms:>7.2f}" if isinstance(ms, float) else f"  {name}: {ms}")
+
+
+if __name__ == "__main__":
+    main()
