@@ -8,7 +8,9 @@ For each runtime the model is cut after stage 1, 2, 3 and 4 (prefixes of
 ``feature_extractor``); the time a stage adds is the difference between
 consecutive prefixes. Each runtime runs in its own process, like
 ``tools/benchmark.py``. Then one MHCA grouped 3x3 convolution (stage 1's:
-56x56x96, 3 heads of 32 channels) alone, in each form TensorFlow offers.
+56x56x96, 3 heads of 32 channels) alone, in each form TensorFlow offers,
+and an MLP's pair of 1x1 projections per stage shape with its MAC rate
+(compare with the float32 matmul rate ``tools/benchmark.py`` prints).
 
 This is how the int8 attention slowdown (TFLite's int8 BATCH_MATMUL has no
 XNNPACK kernel) and the gap between XLA and XNNPACK on MHCA's grouped
@@ -116,6 +118,31 @@ def work_mhca_conv():
     return result
 
 
+def work_mlp():
+    """An NCB MLP's two 1x1 projections (ReLU between) per stage shape, as
+    TensorFlow runs them: ms and GMAC/s."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    result = {}
+    for size, channels in ((56, 96), (28, 192), (14, 384)):
+        x = tf.constant(rng.normal(size=(1, size, size, channels)).astype("float32"))
+        w = tf.constant(rng.normal(size=(channels, 3 * channels)).astype("float32") * 0.05)
+
+        def mlp(t, w=w):
+            hidden = tf.nn.relu(tf.einsum("bhwc,cd->bhwd", t, w))
+            return tf.einsum("bhwd,cd->bhwc", hidden, w)
+
+        macs = 2 * size * size * channels * 3 * channels
+        for jit in (True, False):
+            fn = tf.function(mlp, jit_compile=jit)
+            ms = _median_ms(lambda t, fn=fn: fn(t).numpy(), x)
+            name = f"{size}x{size} {channels}->{3 * channels}->{channels} {'XLA' if jit else 'tf.function'}"
+            result[name] = [ms, macs / ms / 1e6]
+    return result
+
+
 def run_worker(*params):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *map(str, params)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
@@ -131,6 +158,8 @@ def main(argv=None):
     if argv and argv[0] == "--worker":
         if argv[1] == "mhca":
             print(json.dumps(work_mhca_conv()))
+        elif argv[1] == "mlp":
+            print(json.dumps(work_mlp()))
         else:
             print(json.dumps(work_stages(argv[1], argv[2], int(argv[3]))))
         return
@@ -153,6 +182,9 @@ def main(argv=None):
     print("\nMHCA grouped 3x3 conv of stage 1 (56x56x96, 3 heads of 32), ms:")
     for name, ms in run_worker("mhca").items():
         print(f"  {name:<28}{ms:>7.2f}" if isinstance(ms, float) else f"  {name}: {ms}")
+    print("\nAn MLP's two 1x1 projections (ratio 3) alone, ms and GMAC/s:")
+    for name, value in run_worker("mlp").items():
+        print(f"  {name:<36}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
 
 
 if __name__ == "__main__":
