@@ -570,6 +570,7 @@ def train(
     policy = MIXED_PRECISION[mixed_precision]
     if policy:
         keras.config.set_dtype_policy(policy)
+    scratch_log_dir = None
     try:
         with context:
             model = _build_model(
@@ -600,8 +601,10 @@ def train(
                 val_folder, batch_size, recipe.image_size, crop_pct=recipe.crop_pct
             )
         extra_callbacks = list(callbacks)
-        # Under multi-worker training only the chief writes logs.
-        log_dir = output_dir if _is_chief() else pathlib.Path(tempfile.mkdtemp())
+        # Under multi-worker training only the chief writes logs; the other
+        # workers' go to a scratch folder removed at the end.
+        scratch_log_dir = None if _is_chief() else tempfile.mkdtemp()
+        log_dir = output_dir if scratch_log_dir is None else pathlib.Path(scratch_log_dir)
         callbacks = [
             TrainingCheckpoint(checkpoint_dir),
             keras.callbacks.CSVLogger(str(log_dir / "log.csv"), append=initial_epoch > 0),
@@ -638,5 +641,7 @@ def train(
         _on_every_worker(lambda directory: model.save(directory / "model.keras"), output_dir)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+        if scratch_log_dir is not None:
+            shutil.rmtree(scratch_log_dir, ignore_errors=True)
     return TrainingResult(model, history, str(output_dir), initial_epoch, metrics)
 

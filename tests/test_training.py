@@ -320,14 +320,14 @@ def test_fine_tune_from_a_checkpoint(folder, tmp_path):
 
 
 def test_train_rejects_bad_arguments(folder, tmp_path):
-    with pytest.raises(ValueError, match=r"mixed_precision must be one of \['bfloat16', 'float16'\], got 'fp8'"):
+    with pytest.raises(ValueError, match=r"mixed_precision must be one of \['bfloat16', 'float16', 'none'\], got 'fp8'"):
         training.train(folder, output_dir=tmp_path, mixed_precision="fp8")
     with pytest.raises(ValueError, match="Unknown variant 'tiny'; choose one of"):
-        training.train(folder, output_dir=tmp_path, variant="tiny", epochs=1)
+        training.train(folder / "train", output_dir=tmp_path, variant="tiny", epochs=1, batch_size=8)
     with pytest.raises(ValueError, match="Unknown recipe 'imagenet'"):
         training.train(folder, output_dir=tmp_path, recipe="imagenet")
     with pytest.raises(ValueError, match="gradient_accumulation must be >= 1, got 0"):
-        training.train(folder, output_dir=tmp_path, variant=(1, 1, 1, 1), epochs=1, gradient_accumulation=0)
+        training.train(folder / "train", output_dir=tmp_path, variant=(1, 1, 5, 1), epochs=1, batch_size=8, gradient_accumulation=0)
 
 
 def test_distribution_errors(monkeypatch):
