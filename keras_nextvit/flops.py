@@ -73,6 +73,26 @@ def _layer_macs(layer, shape, attention):
     return 0
 
 
+def conv3x3_macs(model, input_size=224):
+    """The part of :func:`count_macs` spent in 3x3 convolutions (the stem
+    and every MHCA's grouped conv); the rest is 1x1 projections, linear
+    layers and attention products."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    shape = (1, h, w, model.inputs[0].shape[-1])
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, ConvBNReLU):
+            total += _layer_macs(layer, shape, False)
+        elif isinstance(layer, (NCB, NTB)):
+            _, out_shape = _patch_embed_macs(layer.patch_embed, shape)
+            if isinstance(layer, NTB):
+                _, out_shape = _patch_embed_macs(layer.projection, out_shape)
+            total += _positions(out_shape) * layer.mhca.filters * layer.mhca.head_dim * 9
+        if not isinstance(layer, keras.layers.InputLayer):
+            shape = tuple(layer.compute_output_shape(shape))
+    return total
+
+
 def count_macs(model, input_size=224, attention=True):
     """Multiply-accumulates of one image of ``input_size`` (int or (h, w)).
 

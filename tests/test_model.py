@@ -45,6 +45,17 @@ def test_mac_count_grows_with_input(small_any):
     assert 4 * small < large < 4.5 * small
 
 
+def test_conv3x3_macs_of_next_vit_s(small_any):
+    # Stem: 3x3 convs 3->64 (stride 2), 64->32, 32->64 at 112x112, 64->64 (stride 2) to 56x56.
+    stem = 112 * 112 * 9 * (3 * 64 + 64 * 32 + 32 * 64) + 56 * 56 * 9 * 64 * 64
+    # MHCA: positions x channels x 32 (head_dim) x 9 per block; an NTB's MHCA
+    # runs on its last 25% of channels.
+    mhca_channels = {56: [96] * 3, 28: [192] * 3 + [64], 14: ([384] * 4 + [128]) * 2, 7: [768] * 2 + [256]}
+    mhca = sum(size * size * c * 32 * 9 for size, cs in mhca_channels.items() for c in cs)
+    assert flops.conv3x3_macs(small_any, 224) == stem + mhca
+    assert flops.conv3x3_macs(small_any, 224) < flops.count_macs(small_any, 224)
+
+
 # ---------------------------------------------------------------- shapes
 
 

@@ -143,6 +143,17 @@ def work_mlp():
     return result
 
 
+def work_macs(variant, size):
+    import keras_nextvit
+    from keras_nextvit import flops
+    from keras_nextvit.presets import VARIANTS
+
+    model = keras_nextvit.NextViT(depths=VARIANTS[variant]["depths"], input_shape=(size, size, 3))
+    total = flops.count_macs(model, size)
+    conv = flops.conv3x3_macs(model, size)
+    return {"total": total, "conv3x3": conv}
+
+
 def run_worker(*params):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *map(str, params)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
@@ -160,6 +171,8 @@ def main(argv=None):
             print(json.dumps(work_mhca_conv()))
         elif argv[1] == "mlp":
             print(json.dumps(work_mlp()))
+        elif argv[1] == "macs":
+            print(json.dumps(work_macs(argv[2], int(argv[3]))))
         else:
             print(json.dumps(work_stages(argv[1], argv[2], int(argv[3]))))
         return
@@ -183,8 +196,17 @@ def main(argv=None):
     for name, ms in run_worker("mhca").items():
         print(f"  {name:<28}{ms:>7.2f}" if isinstance(ms, float) else f"  {name}: {ms}")
     print("\nAn MLP's two 1x1 projections (ratio 3) alone, ms and GMAC/s:")
-    for name, value in run_worker("mlp").items():
+    mlp = run_worker("mlp")
+    for name, value in mlp.items():
         print(f"  {name:<36}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
+    macs = run_worker("macs", args.variant, args.size)
+    if "error" not in macs and "error" not in mlp:
+        rest = macs["total"] - macs["conv3x3"]
+        best_rate = max(value[1] for value in mlp.values())
+        print(f"\n{macs['total'] / 1e9:.2f} GMACs: {macs['conv3x3'] / 1e9:.2f} G in 3x3 convolutions, "
+              f"{rest / 1e9:.2f} G in 1x1 projections, linear layers and attention. At the best "
+              f"rate above ({best_rate:.0f} GMAC/s) the latter alone take {rest / best_rate / 1e6:.1f} ms, "
+              "a floor for TensorFlow's kernels at batch 1.")
 
 
 if __name__ == "__main__":
