@@ -139,6 +139,41 @@ def test_loss_goes_down(folder, tmp_path):
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), result.model.predict(x, verbose=0))
 
 
+class RawWeights(keras.callbacks.Callback):
+    """Keeps the optimizer's own (non-averaged) weights after the last step
+    (by the epoch's end, SwapEMAWeights has put the averages in the model)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.weights = [np.array(v) for v in self.model.trainable_variables]
+
+
+def test_ema_weights_are_what_training_returns(folder, tmp_path):
+    raw = RawWeights()
+    result = training.train(
+        folder / "train",
+        val_dir=folder / "val",
+        output_dir=tmp_path / "run",
+        variant=TINY,
+        recipe=quick_recipe(epochs=1, ema_momentum=0.5, learning_rate=1e-3),
+        batch_size=8,
+        tensorboard=False,
+        verbose=0,
+        callbacks=[raw],
+    )
+    optimizer = result.model.optimizer
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.5
+    averages = {v.path: np.array(a) for v, a in zip(
+        optimizer._trainable_variables, optimizer._model_variables_moving_average
+    )}
+    final = {v.path: np.array(v) for v in result.model.trainable_variables}
+    # the returned (and saved) model holds the moving averages ...
+    for path, value in final.items():
+        np.testing.assert_array_equal(value, averages[path], err_msg=path)
+    # ... which are not the weights the optimizer trained
+    moved = [not np.array_equal(a, b) for a, b in zip(raw.weights, final.values())]
+    assert sum(moved) > len(moved) // 2
+
+
 class Interrupt(keras.callbacks.Callback):
     """Stops the process's training after the checkpoint of epoch ``at``."""
 
