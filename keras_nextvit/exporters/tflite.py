@@ -11,6 +11,7 @@ deprecated), which applies XNNPACK by default.
 import contextlib
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -80,14 +81,18 @@ def convert(model, quantize="none", representative=None, batch_size=1):
         if quantize == "int8_float_attention":
             # The converter's own way to keep chosen ops in float: calibrate,
             # then quantize everything but the deny-listed operators.
-            debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=converter,
-                debug_dataset=representative,
-                debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                    denylisted_ops=list(FLOAT_ATTENTION_OPS), fully_quantize=True
-                ),
-            )
-            return debugger.get_nondebug_quantized_model()
+            with warnings.catch_warnings():
+                # The debugger checks its models with tf.lite.Interpreter, whose
+                # deprecation notice is not about anything the caller does.
+                warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter,
+                    debug_dataset=representative,
+                    debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                        denylisted_ops=list(FLOAT_ATTENTION_OPS), fully_quantize=True
+                    ),
+                )
+                return debugger.get_nondebug_quantized_model()
         return converter.convert()
 
 
