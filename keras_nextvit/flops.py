@@ -73,14 +73,23 @@ def _layer_macs(layer, shape, attention):
     return 0
 
 
+def _layers_with_input_shapes(model, input_size):
+    """``(layer, input shape)`` for every top-level layer, batch 1."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    shape = (1, h, w, model.inputs[0].shape[-1])
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        yield layer, shape
+        shape = tuple(layer.compute_output_shape(shape))
+
+
 def conv3x3_macs(model, input_size=224):
     """The part of :func:`count_macs` spent in 3x3 convolutions (the stem
     and every MHCA's grouped conv); the rest is 1x1 projections, linear
     layers and attention products."""
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    shape = (1, h, w, model.inputs[0].shape[-1])
     total = 0
-    for layer in model.layers:
+    for layer, shape in _layers_with_input_shapes(model, input_size):
         if isinstance(layer, ConvBNReLU):
             total += _layer_macs(layer, shape, False)
         elif isinstance(layer, (NCB, NTB)):
@@ -88,8 +97,6 @@ def conv3x3_macs(model, input_size=224):
             if isinstance(layer, NTB):
                 _, out_shape = _patch_embed_macs(layer.projection, out_shape)
             total += _positions(out_shape) * layer.mhca.filters * layer.mhca.head_dim * 9
-        if not isinstance(layer, keras.layers.InputLayer):
-            shape = tuple(layer.compute_output_shape(shape))
     return total
 
 
@@ -100,12 +107,7 @@ def count_macs(model, input_size=224, attention=True):
     module-hook counters (thop) do; that is the convention of the paper's
     table (Next-ViT-S at 224: 5.79 G with them, 5.76 G without).
     """
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    shape = (1, h, w, model.inputs[0].shape[-1])
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        total += _layer_macs(layer, shape, attention)
-        shape = tuple(layer.compute_output_shape(shape))
-    return total
+    return sum(
+        _layer_macs(layer, shape, attention)
+        for layer, shape in _layers_with_input_shapes(model, input_size)
+    )

@@ -23,8 +23,8 @@ TFLite at most half of it. The table prints the ratios.
 
 import argparse
 import json
-import statistics
 import os
+import statistics
 import subprocess
 import sys
 

@@ -44,6 +44,33 @@ def export_onnx(model, path, batch_size=1, opset=DEFAULT_OPSET):
     return proto
 
 
+def _consumers(graph):
+    """tensor name -> the nodes that read it."""
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def _splice(graph, replacements, removed):
+    """Rebuild ``graph``'s node list in order: a node whose id is in
+    ``replacements`` becomes those nodes, one in ``removed`` goes; then drop
+    the initializers no node reads any more."""
+    nodes = []
+    for node in graph.node:
+        if id(node) in replacements:
+            nodes.extend(replacements[id(node)])
+        elif id(node) not in removed:
+            nodes.append(node)
+    used = {name for node in nodes for name in node.input}
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
 def fuse_head_convs(proto):
     """Rewrite MHCA's per-head convolutions into one grouped ``Conv``.
 
@@ -55,10 +82,7 @@ def fuse_head_convs(proto):
     from onnx import helper, numpy_helper
 
     graph = proto.graph
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
     weights = {init.name: init for init in graph.initializer}
     remove, fused = set(), 0
     new_nodes = {}  # id(concat) -> replacement nodes
@@ -107,18 +131,7 @@ def fuse_head_convs(proto):
             fused += 1
 
     if fused:
-        nodes = []
-        for node in graph.node:
-            if id(node) in new_nodes:
-                nodes.extend(new_nodes[id(node)])
-            elif id(node) not in remove:
-                nodes.append(node)
-        used = {name for node in nodes for name in node.input}
-        keep = [init for init in graph.initializer if init.name in used]
-        del graph.node[:]
-        graph.node.extend(nodes)
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        _splice(graph, new_nodes, remove)
     return fused
 
 
@@ -152,10 +165,7 @@ def pointwise_as_conv(proto):
     shapes = _inferred_shapes(proto)
     weights = {init.name: init for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
 
     def constant(name):
         return numpy_helper.to_array(weights[name]) if name in weights else None
@@ -211,18 +221,7 @@ def pointwise_as_conv(proto):
         remove.update((id(flatten), id(matmul), id(last)))
 
     if replace:
-        nodes = []
-        for node in graph.node:
-            if id(node) in replace:
-                nodes.extend(replace[id(node)])
-            elif id(node) not in remove:
-                nodes.append(node)
-        used = {name for node in nodes for name in node.input}
-        keep = [init for init in graph.initializer if init.name in used]
-        del graph.node[:]
-        graph.node.extend(nodes)
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        _splice(graph, replace, remove)
         del graph.value_info[:]  # stale after the rewrite; recomputed on load
     return len(replace)
 
