@@ -126,6 +126,11 @@ def _export(args):
     return 0
 
 
+# Every export's quantize modes (tflite.QUANTIZE_MODES, then TensorRT's
+# precisions that TFLite lacks); ``export`` checks them per format.
+QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8", "int8_float_attention")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-nextvit", description="Next-ViT for Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -143,8 +148,7 @@ def build_parser():
     export = commands.add_parser("export", help="export (SavedModel/TFLite/ONNX/TensorRT) and verify")
     export.add_argument("output", help="output file (.tflite/.onnx/.plan) or folder (SavedModel)")
     export.add_argument("--format", choices=["saved_model", "tflite", "onnx", "tensorrt"], default="tflite")
-    export.add_argument("--quantize", choices=["none", "float16", "dynamic", "int8", "int8_float_attention"],
-                        default="none",
+    export.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
                         help="TFLite: none/float16/dynamic/int8 (full-integer)/int8_float_attention; "
                         "TensorRT: none/float16/int8")
     export.add_argument("--representative-data", help="image folder to calibrate int8 on")

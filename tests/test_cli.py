@@ -56,6 +56,14 @@ def test_bad_requests_exit_with_a_message(tmp_path):
         assert result.returncode == 2 and "TensorRT export is not possible here" in result.stderr
 
 
+def test_export_command_offers_every_quantize_mode():
+    from keras_nextvit import cli
+    from keras_nextvit.exporters import QUANTIZE
+
+    modes = {mode for per_format in QUANTIZE.values() for mode in per_format}
+    assert set(cli.QUANTIZE_CHOICES) == modes
+
+
 def test_export_command_prints_the_report(tmp_path):
     path = tmp_path / "m.tflite"
     result = run("export", str(path), "--format", "tflite", "--size", "64")

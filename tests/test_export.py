@@ -172,9 +172,10 @@ def test_int8_from_image_folder(model, tmp_path):
 # ----------------------------------------------------------------- bad requests
 
 
-def test_int8_without_representative_data(model, tmp_path):
-    with pytest.raises(ValueError, match="needs representative_data"):
-        keras_nextvit.export(model, tmp_path / "m.tflite", format="tflite", quantize="int8")
+@pytest.mark.parametrize("quantize", ["int8", "int8_float_attention"])
+def test_int8_without_representative_data(model, tmp_path, quantize):
+    with pytest.raises(ValueError, match=f"quantize='{quantize}' for tflite needs representative_data"):
+        keras_nextvit.export(model, tmp_path / "m.tflite", format="tflite", quantize=quantize)
 
 
 def test_unknown_format_and_mode(model, tmp_path):

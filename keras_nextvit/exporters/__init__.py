@@ -175,7 +175,8 @@ def export(
         format: ``saved_model``, ``tflite``, ``onnx`` or ``tensorrt``.
         quantize: TFLite: ``none``, ``float16``, ``dynamic``, ``int8``
             (full-integer) or ``int8_float_attention`` (int8 but for the
-            attention products and softmax: the fast one on CPUs); TensorRT: ``none`` (FP32), ``float16``, ``int8``.
+            attention products and softmax: the fast one on CPUs);
+            TensorRT: ``none`` (FP32), ``float16``, ``int8``.
         representative_data: calibration data for int8: an image folder, or
             an iterable / generator function of preprocessed NHWC batches.
         merge_bn: fold BatchNorms first (the deployment form).
@@ -200,7 +201,7 @@ def export(
         raise ValueError("uint8_input is supported for format='saved_model' only.")
     if quantize.startswith("int8") and representative_data is None:
         raise ValueError(
-            f"quantize='int8' for {format} needs representative_data to calibrate on: an image "
+            f"quantize={quantize!r} for {format} needs representative_data to calibrate on: an image "
             "folder or an iterable/generator of preprocessed NHWC batches."
         )
     _require_tensorflow_backend(format)
