@@ -27,7 +27,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-RUNTIMES = ("xla", "function", "tflite-fp32", "tflite-int8", "tflite-int8_float_attention")
+RUNTIMES = (
+    "xla", "function", "tflite-fp32", "tflite-int8", "tflite-int8_float_attention", "torch-eager",
+)
 
 
 def _median_ms(fn, x, warmup=5, repeats=20):
@@ -73,6 +75,39 @@ def work_stages(runtime, variant, size):
             runner = tflite.TFLiteRunner(path, output_names(deploy))
             times.append(_median_ms(runner, images))
             os.remove(path)
+    return times
+
+
+def work_torch_stages(variant, size):
+    """The PyTorch reference (eager, inference mode) cut the same way."""
+    import statistics
+    import time
+
+    import torch
+
+    sys.path.insert(0, HERE)
+    import torch_reference
+
+    model = torch_reference.load_synthetic(torch_reference.build(variant))
+    x = torch_reference.synthetic_input(0, (1, 3, size, size))
+
+    def prefix(t, k):
+        t = model.stem(t)
+        for stage in model.stages[: k + 1]:
+            t = stage(t)
+        return t
+
+    times = []
+    with torch.inference_mode():
+        for k in range(4):
+            for _ in range(5):
+                prefix(x, k)
+            runs = []
+            for _ in range(20):
+                start = time.perf_counter()
+                prefix(x, k)
+                runs.append((time.perf_counter() - start) * 1e3)
+            times.append(statistics.median(runs))
     return times
 
 
@@ -143,6 +178,45 @@ def work_mlp():
     return result
 
 
+def work_mlp_torch():
+    """The same MLP shapes in PyTorch eager: as the reference runs them (1x1
+    ``conv2d`` on NCHW) and as ``linear`` on a (tokens, channels) matrix."""
+    import statistics
+    import time
+
+    import torch
+    from torch.nn import functional as F
+
+    def median_ms(fn):
+        for _ in range(5):
+            fn()
+        runs = []
+        for _ in range(20):
+            start = time.perf_counter()
+            fn()
+            runs.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(runs)
+
+    gen = torch.Generator().manual_seed(0)
+    result = {}
+    with torch.inference_mode():
+        for size, channels in ((56, 96), (28, 192), (14, 384)):
+            x = torch.randn(1, channels, size, size, generator=gen)
+            w = torch.randn(3 * channels, channels, generator=gen) * 0.05
+            w1, w2 = w[:, :, None, None], w.t().contiguous()[:, :, None, None]
+            tokens = x.flatten(2).transpose(1, 2).contiguous()[0]
+            forms = {
+                "conv2d": lambda: F.conv2d(F.relu(F.conv2d(x, w1)), w2),
+                "linear": lambda: F.linear(F.relu(F.linear(tokens, w)), w.t()),
+            }
+            macs = 2 * size * size * channels * 3 * channels
+            for form, fn in forms.items():
+                ms = median_ms(fn)
+                name = f"{size}x{size} {channels}->{3 * channels}->{channels} torch {form}"
+                result[name] = [ms, macs / ms / 1e6]
+    return result
+
+
 def work_macs(variant, size):
     import keras_nextvit
     from keras_nextvit import flops
@@ -157,7 +231,7 @@ def work_macs(variant, size):
 def run_worker(*params):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *map(str, params)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:120]}
@@ -171,6 +245,10 @@ def main(argv=None):
             print(json.dumps(work_mhca_conv()))
         elif argv[1] == "mlp":
             print(json.dumps(work_mlp()))
+        elif argv[1] == "mlp-torch":
+            print(json.dumps(work_mlp_torch()))
+        elif argv[1] == "torch-eager":
+            print(json.dumps(work_torch_stages(argv[2], int(argv[3]))))
         elif argv[1] == "macs":
             print(json.dumps(work_macs(argv[2], int(argv[3]))))
         else:
@@ -197,7 +275,8 @@ def main(argv=None):
         print(f"  {name:<28}{ms:>7.2f}" if isinstance(ms, float) else f"  {name}: {ms}")
     print("\nAn MLP's two 1x1 projections (ratio 3) alone, ms and GMAC/s:")
     mlp = run_worker("mlp")
-    for name, value in mlp.items():
+    torch_mlp = run_worker("mlp-torch")
+    for name, value in {**mlp, **torch_mlp}.items():
         print(f"  {name:<36}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
     macs = run_worker("macs", args.variant, args.size)
     if "error" not in macs and "error" not in mlp:
@@ -205,8 +284,17 @@ def main(argv=None):
         best_rate = max(value[1] for value in mlp.values())
         print(f"\n{macs['total'] / 1e9:.2f} GMACs: {macs['conv3x3'] / 1e9:.2f} G in 3x3 convolutions, "
               f"{rest / 1e9:.2f} G in 1x1 projections, linear layers and attention. At the best "
-              f"rate above ({best_rate:.0f} GMAC/s) the latter alone take {rest / best_rate / 1e6:.1f} ms, "
-              "a floor for TensorFlow's kernels at batch 1.")
+              f"TensorFlow rate above ({best_rate:.0f} GMAC/s) the latter alone take "
+              f"{rest / best_rate / 1e6:.1f} ms, a floor for TensorFlow's kernels at batch 1.")
+        if "error" not in torch_mlp:
+            torch_rate = {n.split(" torch ")[0]: v[1] for n, v in torch_mlp.items() if n.endswith("conv2d")}
+            ratios = [
+                rate / torch_rate[name.rsplit(" ", 1)[0]]
+                for name, (_, rate) in mlp.items() if name.rsplit(" ", 1)[0] in torch_rate
+            ]
+            print(f"TensorFlow's MLP rate / the reference's (torch conv2d) on the same shapes: "
+                  f"{min(ratios):.2f}-{max(ratios):.2f}; issue #2's bar asks the whole Keras model "
+                  "for <= 0.75 of the reference's time, i.e. >= 1.33.")
 
 
 if __name__ == "__main__":
