@@ -9,12 +9,16 @@ For each runtime the model is cut after stage 1, 2, 3 and 4 (prefixes of
 consecutive prefixes. Each runtime runs in its own process, like
 ``tools/benchmark.py``. Then one MHCA grouped 3x3 convolution (stage 1's:
 56x56x96, 3 heads of 32 channels) alone, in each form TensorFlow offers,
-and an MLP's pair of 1x1 projections per stage shape with its MAC rate
-(compare with the float32 matmul rate ``tools/benchmark.py`` prints).
+and an MLP's pair of 1x1 projections per stage shape with its MAC rate,
+in TensorFlow and in PyTorch (compare with the float32 matmul rate
+``tools/benchmark.py`` prints). ``torch-eager`` is the PyTorch reference
+(``tools/torch_reference.py``) cut the same way, and every stem layer and
+block is also timed alone under XLA and in the reference.
 
 This is how the int8 attention slowdown (TFLite's int8 BATCH_MATMUL has no
-XNNPACK kernel) and the gap between XLA and XNNPACK on MHCA's grouped
-convolution were found.
+XNNPACK kernel), the gap between XLA and XNNPACK on MHCA's grouped
+convolution, and the gap between TensorFlow's and PyTorch's kernels (why
+the Keras model cannot run in 0.75x the reference's time) were found.
 """
 
 import argparse
@@ -33,9 +37,16 @@ RUNTIMES = (
 
 
 def _median_ms(fn, x, warmup=5, repeats=20):
-    from keras_nextvit.exporters.verify import latency_ms
+    # verify.py is loaded by path: importing the package would bring
+    # TensorFlow into the PyTorch workers too.
+    import importlib.util
 
-    return latency_ms(fn, x, warmup, repeats)["median_ms"]
+    spec = importlib.util.spec_from_file_location(
+        "_nextvit_verify", os.path.join(ROOT, "keras_nextvit", "exporters", "verify.py")
+    )
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    return verify.latency_ms(fn, x, warmup, repeats)["median_ms"]
 
 
 def work_stages(runtime, variant, size):
@@ -80,9 +91,6 @@ def work_stages(runtime, variant, size):
 
 def work_torch_stages(variant, size):
     """The PyTorch reference (eager, inference mode) cut the same way."""
-    import statistics
-    import time
-
     import torch
 
     sys.path.insert(0, HERE)
@@ -97,17 +105,42 @@ def work_torch_stages(variant, size):
             t = stage(t)
         return t
 
-    times = []
     with torch.inference_mode():
-        for k in range(4):
-            for _ in range(5):
-                prefix(x, k)
-            runs = []
-            for _ in range(20):
-                start = time.perf_counter()
-                prefix(x, k)
-                runs.append((time.perf_counter() - start) * 1e3)
-            times.append(statistics.median(runs))
+        return [_median_ms(lambda t, k=k: prefix(t, k), x) for k in range(4)]
+
+
+def work_blocks(runtime, variant, size):
+    """Each stem layer and block alone, on its real input: ms per layer."""
+    import numpy as np
+
+    if runtime == "torch-eager":
+        import torch
+
+        sys.path.insert(0, HERE)
+        import torch_reference
+
+        model = torch_reference.load_synthetic(torch_reference.build(variant))
+        x = torch_reference.synthetic_input(0, (1, 3, size, size))
+        times = []
+        with torch.inference_mode():
+            for module in [*model.stem, *(b for stage in model.stages for b in stage.blocks)]:
+                times.append(_median_ms(module, x))
+                x = module(x)
+        return times
+    import tensorflow as tf
+
+    import keras_nextvit
+    from keras_nextvit.presets import VARIANTS
+
+    model = keras_nextvit.NextViT(depths=VARIANTS[variant]["depths"], input_shape=(size, size, 3))
+    x = tf.constant(np.random.default_rng(0).uniform(-2, 2, (1, size, size, 3)).astype("float32"))
+    times = []
+    for layer in model.layers:
+        if not layer.name.startswith(("stem", "stages")):
+            continue
+        fn = tf.function(lambda t, layer=layer: layer(t, training=False), jit_compile=runtime == "xla")
+        times.append(_median_ms(lambda t, fn=fn: fn(t).numpy(), x))
+        x = fn(x)
     return times
 
 
@@ -181,21 +214,8 @@ def work_mlp():
 def work_mlp_torch():
     """The same MLP shapes in PyTorch eager: as the reference runs them (1x1
     ``conv2d`` on NCHW) and as ``linear`` on a (tokens, channels) matrix."""
-    import statistics
-    import time
-
     import torch
     from torch.nn import functional as F
-
-    def median_ms(fn):
-        for _ in range(5):
-            fn()
-        runs = []
-        for _ in range(20):
-            start = time.perf_counter()
-            fn()
-            runs.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(runs)
 
     gen = torch.Generator().manual_seed(0)
     result = {}
@@ -204,14 +224,16 @@ def work_mlp_torch():
             x = torch.randn(1, channels, size, size, generator=gen)
             w = torch.randn(3 * channels, channels, generator=gen) * 0.05
             w1, w2 = w[:, :, None, None], w.t().contiguous()[:, :, None, None]
-            tokens = x.flatten(2).transpose(1, 2).contiguous()[0]
             forms = {
-                "conv2d": lambda: F.conv2d(F.relu(F.conv2d(x, w1)), w2),
-                "linear": lambda: F.linear(F.relu(F.linear(tokens, w)), w.t()),
+                "conv2d": (lambda t, w1=w1, w2=w2: F.conv2d(F.relu(F.conv2d(t, w1)), w2), x),
+                "linear": (
+                    lambda t, w=w: F.linear(F.relu(F.linear(t, w)), w.t()),
+                    x.flatten(2).transpose(1, 2).contiguous()[0],
+                ),
             }
             macs = 2 * size * size * channels * 3 * channels
-            for form, fn in forms.items():
-                ms = median_ms(fn)
+            for form, (fn, inputs) in forms.items():
+                ms = _median_ms(fn, inputs)
                 name = f"{size}x{size} {channels}->{3 * channels}->{channels} torch {form}"
                 result[name] = [ms, macs / ms / 1e6]
     return result
@@ -247,6 +269,8 @@ def main(argv=None):
             print(json.dumps(work_mlp()))
         elif argv[1] == "mlp-torch":
             print(json.dumps(work_mlp_torch()))
+        elif argv[1] == "blocks":
+            print(json.dumps(work_blocks(argv[2], argv[3], int(argv[4]))))
         elif argv[1] == "torch-eager":
             print(json.dumps(work_torch_stages(argv[2], int(argv[3]))))
         elif argv[1] == "macs":
@@ -270,6 +294,12 @@ def main(argv=None):
             continue
         added = [times[0]] + [b - a for a, b in zip(times, times[1:])]
         print(f"{runtime:<30}" + "".join(f"{t:>9.2f}" for t in added) + f"{times[-1]:>9.2f}")
+    blocks = {r: run_worker("blocks", r, args.variant, args.size) for r in ("xla", "torch-eager")}
+    if not any(isinstance(b, dict) for b in blocks.values()):
+        ratios = [a / b for a, b in zip(blocks["xla"], blocks["torch-eager"])]
+        print(f"\nEach of the {len(ratios)} stem layers and blocks alone, XLA / PyTorch reference: "
+              f"{min(ratios):.2f}-{max(ratios):.2f} (median {sorted(ratios)[len(ratios) // 2]:.2f}); "
+              f"sums {sum(blocks['xla']):.1f} vs {sum(blocks['torch-eager']):.1f} ms")
     print("\nMHCA grouped 3x3 conv of stage 1 (56x56x96, 3 heads of 32), ms:")
     for name, ms in run_worker("mhca").items():
         print(f"  {name:<28}{ms:>7.2f}" if isinstance(ms, float) else f"  {name}: {ms}")
