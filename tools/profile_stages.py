@@ -71,13 +71,13 @@ def work_stages(runtime, variant, size):
             from keras_nextvit.exporters.saved_model import output_names
 
             quantize = runtime.split("-", 1)[1].replace("fp32", "none")
-            calibration = None
-            if quantize != "none":
-                rng = np.random.default_rng(1)
+            rng = np.random.default_rng(1)
 
-                def calibration():
-                    for _ in range(4):
-                        yield [rng.uniform(-2, 2, images.shape).astype("float32")]
+            def calibration_batches():
+                for _ in range(4):
+                    yield [rng.uniform(-2, 2, images.shape).astype("float32")]
+
+            calibration = None if quantize == "none" else calibration_batches
 
             deploy = keras_nextvit.merge_batchnorm(prefix)
             path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_{os.getpid()}.tflite")
