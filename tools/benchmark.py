@@ -11,7 +11,8 @@ warms up, then reports the median (and min) of repeated runs:
 keras     tf.function, XLA (``jit_compile=True``), and Keras' own int8
           (``merge_batchnorm`` + ``model.quantize("int8")``) under XLA
 exports   TFLite fp32 / fp16 / int8 (full-integer) / int8 with float attention
-          products (ai-edge-litert, XNNPACK), ONNX Runtime
+          products (ai-edge-litert, XNNPACK), the fp16 model with XNNPACK forced
+          to float16 arithmetic (LiteRT CompiledModel), ONNX Runtime
           (our tf2onnx export); artifacts are built once into --artifacts
 torch     the PyTorch reference (tools/torch_reference.py) in eager mode,
           and the same model exported by torch.onnx in ONNX Runtime
@@ -92,6 +93,48 @@ def work_tflite(args, path):
     return _median_ms(runner, _images(args.batch[0], args.size), args.warmup, args.repeats)
 
 
+# TFLITE_XNNPACK_DELEGATE_FLAG_FORCE_FP16 (tensorflow/lite/delegates/xnnpack/
+# xnnpack_delegate.h): XNNPACK computes in float16 where the CPU has native
+# float16 arithmetic (AVX512-FP16, ARMv8.2 FP16).
+XNNPACK_FORCE_FP16 = 4
+
+
+def work_tflite_fp16_arithmetic(args, path):
+    """The float16 model run by LiteRT's CompiledModel with XNNPACK forced to
+    float16 arithmetic (the Interpreter API has no XNNPACK flags; without the
+    flag XNNPACK widens the float16 weights and computes in float32). Also
+    reports the logits' cosine against the same file in float32 arithmetic."""
+    import numpy as np
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.cpu_options import CpuOptions
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import Options
+
+    x = _images(args.batch[0], args.size)
+
+    def compiled(flags):
+        options = Options(
+            hardware_accelerators=HardwareAccelerator.CPU,
+            cpu_options=CpuOptions(num_threads=os.cpu_count(), xnnpack_flags=flags),
+        )
+        model = CompiledModel.from_file(path, options=options)
+        inputs, outputs = model.create_input_buffers(0), model.create_output_buffers(0)
+        size = int(np.prod(outputs[0].get_tensor_details()["shape"]))
+
+        def run(images):
+            inputs[0].write(images)
+            model.run_by_index(0, inputs, outputs)
+            return outputs[0].read(size, np.float32)
+
+        return run
+
+    fp16, fp32 = compiled(XNNPACK_FORCE_FP16), compiled(None)
+    a, b = fp16(x), fp32(x)
+    result = _median_ms(fp16, x, args.warmup, args.repeats)
+    result["cosine_vs_fp32_arithmetic"] = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    return result
+
+
 def work_onnx(args, path):
     import numpy as np
     import onnxruntime as ort
@@ -142,6 +185,7 @@ WORKERS = {
     "keras": work_keras,
     "export": work_export,
     "tflite": work_tflite,
+    "tflite-fp16-arithmetic": work_tflite_fp16_arithmetic,
     "onnx": work_onnx,
     "torch-onnx-export": work_torch_onnx_export,
     "torch-eager": work_torch_eager,
@@ -216,6 +260,8 @@ def main(argv=None):
             plan["keras int8 (quantize) XLA"] = ("keras", "int8")
         for row, path in artifacts.items():
             plan[row] = ("tflite" if path.endswith(".tflite") else "onnx", path)
+        if "tflite fp16" in artifacts:
+            plan["tflite fp16, fp16 arithmetic"] = ("tflite-fp16-arithmetic", artifacts["tflite fp16"])
         if "torch" in groups:
             plan["torch eager (reference)"] = ("torch-eager",)
         # Rounds interleave the rows, so a slow spell of a shared machine
@@ -240,8 +286,10 @@ def main(argv=None):
                 print(f"{batch:>5}  {name:<30}  failed: {r['error']}")
                 continue
             size = f"{r['size_mb']:>10.1f}" if "size_mb" in r else ""
+            cosine = r.get("cosine_vs_fp32_arithmetic")
             print(f"{batch:>5}  {name:<30}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
-                  f"{r['median_ms'] / batch:>10.1f}{size}")
+                  f"{r['median_ms'] / batch:>10.1f}{size}"
+                  + (f"  (logits cosine {cosine:.5f} vs float32 arithmetic)" if cosine else ""))
         report_bars(batch, rows)
 
     if "keras" in groups:
@@ -258,7 +306,10 @@ def _combine(results):
     if not ok:
         return results[0]
     median = statistics.median(r["median_ms"] for r in ok)
-    return {"median_ms": median, "min_ms": min(r["min_ms"] for r in ok), "rounds": len(ok)}
+    combined = {"median_ms": median, "min_ms": min(r["min_ms"] for r in ok), "rounds": len(ok)}
+    if "cosine_vs_fp32_arithmetic" in ok[0]:
+        combined["cosine_vs_fp32_arithmetic"] = min(r["cosine_vs_fp32_arithmetic"] for r in ok)
+    return combined
 
 
 def _ms(rows, name):
