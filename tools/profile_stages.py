@@ -13,7 +13,8 @@ and an MLP's pair of 1x1 projections per stage shape with its MAC rate,
 in TensorFlow and in PyTorch (compare with the float32 matmul rate
 ``tools/benchmark.py`` prints). ``torch-eager`` is the PyTorch reference
 (``tools/torch_reference.py``) cut the same way, and every stem layer and
-block is also timed alone under XLA and in the reference.
+block is also timed alone under XLA and in the reference. Last, the MLP
+of every stage in TFLite (XNNPACK) and ONNX Runtime, float32.
 
 This is how the int8 attention slowdown (TFLite's int8 BATCH_MATMUL has no
 XNNPACK kernel), the gap between XLA and XNNPACK on MHCA's grouped
@@ -239,6 +240,62 @@ def work_mlp_torch():
     return result
 
 
+def work_mlp_exports():
+    """An NCB MLP (ratio 3, ReLU, biases) per stage shape, including stage 4,
+    as the deployment runtimes run it: TFLite (XNNPACK, float32) and ONNX
+    Runtime (MatMul + Add), on a channels-last feature map."""
+    import keras
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from keras_nextvit.exporters import tflite
+    from keras_nextvit.exporters.saved_model import output_names
+
+    rng = np.random.default_rng(0)
+    result = {}
+    for size, channels in ((56, 96), (28, 192), (14, 384), (7, 768)):
+        tokens, hidden = size * size, 3 * channels
+        inputs = keras.Input((size, size, channels), batch_size=1)
+        fc1 = keras.layers.Dense(hidden, activation="relu")
+        fc2 = keras.layers.Dense(channels)
+        model = keras.Model(inputs, fc2(fc1(inputs)))
+        x = rng.normal(size=(1, size, size, channels)).astype("float32")
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_mlp_{os.getpid()}.tflite")
+        with open(path, "wb") as f:
+            f.write(tflite.convert(model, "none"))
+        tflite_ms = _median_ms(tflite.TFLiteRunner(path, output_names(model)), x)
+        os.remove(path)
+
+        weights = {
+            "w1": fc1.kernel.numpy(), "b1": fc1.bias.numpy(),
+            "w2": fc2.kernel.numpy(), "b2": fc2.bias.numpy(),
+        }
+        graph = helper.make_graph(
+            [
+                helper.make_node("MatMul", ["x", "w1"], ["h"]),
+                helper.make_node("Add", ["h", "b1"], ["hb"]),
+                helper.make_node("Relu", ["hb"], ["r"]),
+                helper.make_node("MatMul", ["r", "w2"], ["o"]),
+                helper.make_node("Add", ["o", "b2"], ["y"]),
+            ],
+            "mlp",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+            [numpy_helper.from_array(v, k) for k, v in weights.items()],
+        )
+        onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        session = ort.InferenceSession(
+            onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        ort_ms = _median_ms(lambda t: session.run(None, {"x": t}), x)
+        macs = 2 * tokens * channels * hidden
+        shape = f"{size}x{size} {channels}->{hidden}->{channels}"
+        result[f"{shape} TFLite XNNPACK"] = [tflite_ms, macs / tflite_ms / 1e6]
+        result[f"{shape} ONNX Runtime"] = [ort_ms, macs / ort_ms / 1e6]
+    return result
+
+
 def work_macs(variant, size):
     import keras_nextvit
     from keras_nextvit import flops
@@ -269,6 +326,8 @@ def main(argv=None):
             print(json.dumps(work_mlp()))
         elif argv[1] == "mlp-torch":
             print(json.dumps(work_mlp_torch()))
+        elif argv[1] == "mlp-exports":
+            print(json.dumps(work_mlp_exports()))
         elif argv[1] == "blocks":
             print(json.dumps(work_blocks(argv[2], argv[3], int(argv[4]))))
         elif argv[1] == "torch-eager":
@@ -307,6 +366,9 @@ def main(argv=None):
     mlp = run_worker("mlp")
     torch_mlp = run_worker("mlp-torch")
     for name, value in {**mlp, **torch_mlp}.items():
+        print(f"  {name:<36}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
+    print("\nThe same MLP (with biases) in the deployment runtimes, float32, ms and GMAC/s:")
+    for name, value in run_worker("mlp-exports").items():
         print(f"  {name:<36}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
     macs = run_worker("macs", args.variant, args.size)
     if "error" not in macs and "error" not in mlp:
