@@ -25,6 +25,7 @@ the Keras model cannot run in 0.75x the reference's time) were found.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -37,17 +38,31 @@ RUNTIMES = (
 )
 
 
-def _median_ms(fn, x, warmup=5, repeats=20):
-    # verify.py is loaded by path: importing the package would bring
-    # TensorFlow into the PyTorch workers too.
-    import importlib.util
+_VERIFY = None
 
-    spec = importlib.util.spec_from_file_location(
-        "_nextvit_verify", os.path.join(ROOT, "keras_nextvit", "exporters", "verify.py")
-    )
-    verify = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(verify)
-    return verify.latency_ms(fn, x, warmup, repeats)["median_ms"]
+
+def _median_ms(fn, x, warmup=5, repeats=20):
+    # verify.py is loaded by path (once per process): importing the package
+    # would bring TensorFlow into the PyTorch workers too.
+    global _VERIFY
+    if _VERIFY is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(
+            "_nextvit_verify", os.path.join(ROOT, "keras_nextvit", "exporters", "verify.py")
+        )
+        _VERIFY = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_VERIFY)
+    return _VERIFY.latency_ms(fn, x, warmup, repeats)["median_ms"]
+
+
+def _torch_reference(variant, size):
+    """The PyTorch reference with the synthetic weights, and one input image
+    (this script's folder, tools/, is on ``sys.path``)."""
+    import torch_reference
+
+    model = torch_reference.load_synthetic(torch_reference.build(variant))
+    return model, torch_reference.synthetic_input(0, (1, 3, size, size))
 
 
 def work_stages(runtime, variant, size):
@@ -94,11 +109,7 @@ def work_torch_stages(variant, size):
     """The PyTorch reference (eager, inference mode) cut the same way."""
     import torch
 
-    sys.path.insert(0, HERE)
-    import torch_reference
-
-    model = torch_reference.load_synthetic(torch_reference.build(variant))
-    x = torch_reference.synthetic_input(0, (1, 3, size, size))
+    model, x = _torch_reference(variant, size)
 
     def prefix(t, k):
         t = model.stem(t)
@@ -117,11 +128,7 @@ def work_blocks(runtime, variant, size):
     if runtime == "torch-eager":
         import torch
 
-        sys.path.insert(0, HERE)
-        import torch_reference
-
-        model = torch_reference.load_synthetic(torch_reference.build(variant))
-        x = torch_reference.synthetic_input(0, (1, 3, size, size))
+        model, x = _torch_reference(variant, size)
         times = []
         with torch.inference_mode():
             for module in [*model.stem, *(b for stage in model.stages for b in stage.blocks)]:
@@ -310,11 +317,17 @@ def work_macs(variant, size):
 def run_worker(*params):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *map(str, params)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:120]}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _print_rates(rows):
+    """``{name: [ms, GMAC/s]}`` rows (or a worker's ``{"error": ...}``)."""
+    for name, value in rows.items():
+        print(f"  {name:<36}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
 
 
 def main(argv=None):
@@ -357,7 +370,7 @@ def main(argv=None):
     if not any(isinstance(b, dict) for b in blocks.values()):
         ratios = [a / b for a, b in zip(blocks["xla"], blocks["torch-eager"])]
         print(f"\nEach of the {len(ratios)} stem layers and blocks alone, XLA / PyTorch reference: "
-              f"{min(ratios):.2f}-{max(ratios):.2f} (median {sorted(ratios)[len(ratios) // 2]:.2f}); "
+              f"{min(ratios):.2f}-{max(ratios):.2f} (median {statistics.median(ratios):.2f}); "
               f"sums {sum(blocks['xla']):.1f} vs {sum(blocks['torch-eager']):.1f} ms")
     print("\nMHCA grouped 3x3 conv of stage 1 (56x56x96, 3 heads of 32), ms:")
     for name, ms in run_worker("mhca").items():
@@ -365,11 +378,9 @@ def main(argv=None):
     print("\nAn MLP's two 1x1 projections (ratio 3) alone, ms and GMAC/s:")
     mlp = run_worker("mlp")
     torch_mlp = run_worker("mlp-torch")
-    for name, value in {**mlp, **torch_mlp}.items():
-        print(f"  {name:<36}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
+    _print_rates({**mlp, **torch_mlp})
     print("\nThe same MLP (with biases) in the deployment runtimes, float32, ms and GMAC/s:")
-    for name, value in run_worker("mlp-exports").items():
-        print(f"  {name:<36}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
+    _print_rates(run_worker("mlp-exports"))
     macs = run_worker("macs", args.variant, args.size)
     if "error" not in macs and "error" not in mlp:
         rest = macs["total"] - macs["conv3x3"]
