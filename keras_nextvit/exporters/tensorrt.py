@@ -15,6 +15,8 @@ apply.
 
 import importlib.util
 
+from .verify import run_in_batches
+
 PRECISIONS = {"none": "fp32", "float16": "fp16", "int8": "int8"}
 
 
@@ -80,13 +82,66 @@ def tensorrt_route():
     )
 
 
-def build_engine(onnx_path, engine_path, precision="fp16", calibration_batches=None, workspace_gib=4):
-    """Build a serialized TensorRT engine from an ONNX file (needs a GPU)."""
+def _major_version(trt):
+    return int(trt.__version__.split(".")[0])
+
+
+def _check_cuda(result, what):
+    """``cuda-python`` calls return ``(error, *values)``; raise on an error."""
+    error, *values = result
+    if int(error) != 0:
+        raise RuntimeError(f"CUDA {what} failed: {error}.")
+    return values[0] if len(values) == 1 else values
+
+
+def profile_shapes(shape, opt_batch_size=1, max_batch_size=32):
+    """``(min, opt, max)`` shapes of an input whose batch may be dynamic (-1).
+
+    TensorRT needs an optimization profile for every dynamic dimension; the
+    exports here leave at most the batch dynamic (the image size is fixed).
+    """
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape[1:]):
+        raise ValueError(f"Only the batch may be dynamic in a TensorRT input, got shape {shape}.")
+    if shape[0] >= 0:
+        return shape, shape, shape
+    if not 1 <= opt_batch_size <= max_batch_size:
+        raise ValueError(f"Need 1 <= opt_batch_size ({opt_batch_size}) <= max_batch_size ({max_batch_size}).")
+    rest = shape[1:]
+    return (1, *rest), (opt_batch_size, *rest), (max_batch_size, *rest)
+
+
+def build_engine(
+    onnx_path,
+    engine_path,
+    precision="fp16",
+    calibration_batches=None,
+    workspace_gib=4,
+    opt_batch_size=1,
+    max_batch_size=32,
+    optimization_level=None,
+):
+    """Build a serialized TensorRT engine from an ONNX file (needs a GPU).
+
+    ``precision``: ``fp32`` (strict: TF32 off, as the Keras model computes),
+    ``fp16`` or ``int8`` (calibrated on ``calibration_batches``, NHWC float
+    batches, with FP16 allowed for the layers INT8 does not cover). A dynamic
+    batch gets one optimization profile from 1 to ``max_batch_size``, tuned
+    for ``opt_batch_size``. ``optimization_level`` (0-5, TensorRT's default 3)
+    trades build time for engine speed. Works with TensorRT 8.6 and 10.
+    """
     import tensorrt as trt
 
+    if precision not in PRECISIONS.values():
+        raise ValueError(f"precision must be one of {sorted(set(PRECISIONS.values()))}, got {precision!r}.")
+    if precision == "int8" and calibration_batches is None:
+        raise ValueError("INT8 TensorRT engines need representative data to calibrate on.")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    flags = 0
+    if _major_version(trt) < 10:  # TensorRT 10 networks are always explicit-batch
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     with open(onnx_path, "rb") as handle:
         if not parser.parse(handle.read()):
@@ -94,13 +149,22 @@ def build_engine(onnx_path, engine_path, precision="fp16", calibration_batches=N
             raise RuntimeError("TensorRT could not parse the ONNX model: " + "; ".join(errors))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gib << 30)
-    if precision == "fp16":
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        profile.set_shape(tensor.name, *profile_shapes(tensor.shape, opt_batch_size, max_batch_size))
+    config.add_optimization_profile(profile)
+    if optimization_level is not None:
+        config.builder_optimization_level = int(optimization_level)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "int8":
-        if calibration_batches is None:
-            raise ValueError("INT8 TensorRT engines need representative data to calibrate on.")
+    if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = _calibrator(trt, calibration_batches)
+        if hasattr(config, "set_calibration_profile"):
+            config.set_calibration_profile(profile)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise RuntimeError("TensorRT failed to build the engine (see its log above).")
@@ -114,12 +178,15 @@ def _calibrator(trt, batches):
     from cuda import cudart
 
     batches = [np.ascontiguousarray(b, np.float32) for b in batches]
+    shapes = {b.shape for b in batches}
+    if len(shapes) != 1:
+        raise ValueError(f"Calibration batches must all have one shape, got {sorted(shapes)}.")
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             super().__init__()
             self.index = 0
-            _, self.device = cudart.cudaMalloc(batches[0].nbytes)
+            self.device = _check_cuda(cudart.cudaMalloc(batches[0].nbytes), "cudaMalloc")
 
         def get_batch_size(self):
             return batches[0].shape[0]
@@ -128,9 +195,8 @@ def _calibrator(trt, batches):
             if self.index >= len(batches):
                 return None
             batch = batches[self.index]
-            cudart.cudaMemcpy(
-                self.device, batch.ctypes.data, batch.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-            )
+            kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            _check_cuda(cudart.cudaMemcpy(self.device, batch.ctypes.data, batch.nbytes, kind), "cudaMemcpy")
             self.index += 1
             return [int(self.device)]
 
@@ -139,6 +205,9 @@ def _calibrator(trt, batches):
 
         def write_calibration_cache(self, cache):
             return None
+
+        def __del__(self):
+            cudart.cudaFree(self.device)
 
     return Calibrator()
 
@@ -163,42 +232,83 @@ def convert_tf_trt(saved_model_dir, output_dir, precision="fp16", calibration_ba
 
 
 class EngineRunner:
-    """Runs a serialized TensorRT engine (one input, outputs in engine order)."""
+    """Runs a serialized TensorRT engine on NumPy NHWC batches.
+
+    Returns the outputs in engine order. A fixed-batch engine runs larger
+    batches in chunks; device buffers are kept per input shape.
+    """
 
     def __init__(self, engine_path):
         import numpy as np
         import tensorrt as trt
         from cuda import cudart
 
-        self.np, self.cudart = np, cudart
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.np, self.trt, self.cudart = np, trt, cudart
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         with open(engine_path, "rb") as handle:
-            self.engine = runtime.deserialize_cuda_engine(handle.read())
+            self.engine = self.runtime.deserialize_cuda_engine(handle.read())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not load the engine {engine_path} (see its log above).")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        if len(self.inputs) != 1:
+            raise ValueError(f"EngineRunner runs one-input engines; this one has {self.inputs}.")
+        self.input_shape = tuple(self.engine.get_tensor_shape(self.inputs[0]))
+        self.batch = self.input_shape[0] if self.input_shape[0] > 0 else None
+        self.stream = _check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._buffers = {}  # input shape -> (device pointers, host outputs)
 
-    def __call__(self, images):
+    def _allocate(self, shape):
+        np, cudart = self.np, self.cudart
+        if shape in self._buffers:
+            return self._buffers[shape]
+        self.context.set_input_shape(self.inputs[0], shape)
+        nbytes = int(np.prod(shape)) * 4
+        pointers = [_check_cuda(cudart.cudaMalloc(nbytes), "cudaMalloc")]
+        hosts = []
+        for name in self.outputs:
+            dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
+            host = np.empty(tuple(self.context.get_tensor_shape(name)), dtype)
+            pointers.append(_check_cuda(cudart.cudaMalloc(max(host.nbytes, 1)), "cudaMalloc"))
+            hosts.append(host)
+        self._buffers[shape] = (pointers, hosts)
+        return pointers, hosts
+
+    def _run(self, images):
         np, cudart = self.np, self.cudart
         images = np.ascontiguousarray(images, np.float32)
+        if images.shape[1:] != self.input_shape[1:]:
+            raise ValueError(
+                f"Input images have shape {images.shape}; this engine takes (batch, "
+                f"{', '.join(map(str, self.input_shape[1:]))})."
+            )
+        pointers, hosts = self._allocate(images.shape)
         self.context.set_input_shape(self.inputs[0], images.shape)
-        buffers, results = [], []
-        _, src = cudart.cudaMalloc(images.nbytes)
-        cudart.cudaMemcpy(src, images.ctypes.data, images.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
-        self.context.set_tensor_address(self.inputs[0], int(src))
-        buffers.append(src)
-        for name in self.outputs:
-            out = np.empty(tuple(self.context.get_tensor_shape(name)), np.float32)
-            _, dst = cudart.cudaMalloc(out.nbytes)
-            self.context.set_tensor_address(name, int(dst))
-            buffers.append(dst)
-            results.append(out)
-        self.context.execute_async_v3(0)
-        cudart.cudaStreamSynchronize(0)
-        for out, dst in zip(results, buffers[1:]):
-            cudart.cudaMemcpy(out.ctypes.data, dst, out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
-        for buffer in buffers:
-            cudart.cudaFree(buffer)
-        return results
+        for name, pointer in zip(self.inputs + self.outputs, pointers):
+            self.context.set_tensor_address(name, int(pointer))
+        to_device = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        to_host = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _check_cuda(
+            cudart.cudaMemcpyAsync(pointers[0], images.ctypes.data, images.nbytes, to_device, self.stream),
+            "cudaMemcpyAsync",
+        )
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise RuntimeError("TensorRT failed to run the engine (see its log above).")
+        for host, pointer in zip(hosts, pointers[1:]):
+            _check_cuda(
+                cudart.cudaMemcpyAsync(host.ctypes.data, pointer, host.nbytes, to_host, self.stream),
+                "cudaMemcpyAsync",
+            )
+        _check_cuda(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return [host.astype(np.float32) for host in hosts]
+
+    def __call__(self, images):
+        return run_in_batches(self._run, self.np.asarray(images, self.np.float32), self.batch)
+
+    def __del__(self):
+        for pointers, _ in getattr(self, "_buffers", {}).values():
+            for pointer in pointers:
+                self.cudart.cudaFree(pointer)

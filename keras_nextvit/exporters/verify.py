@@ -6,6 +6,8 @@ largest reference value), the cosine similarity, the top-1 agreement (for
 class scores), and for the artifact its file size and median latency.
 """
 
+from __future__ import annotations  # the report also loads on Python 3.9 (tools/tensorrt_check.py)
+
 import dataclasses
 import os
 import statistics
