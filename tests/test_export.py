@@ -152,6 +152,45 @@ def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
         assert check.cosine >= 0.98, str(report)
 
 
+def test_tflite_int8_keeps_a_trained_models_predictions(tmp_path):
+    """The synthetic weights above make every image's logits point almost
+    the same way (cosine ~0.999 between images), so their int8 cosine says
+    little: there the input-dependent part keeps a cosine of only ~0.35-0.45.
+    A model trained on real images (a small Next-ViT on scikit-learn's
+    digits) shows what int8 does to predictions: calibrated on training
+    images, checked on held-out ones."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.kron(digits.images.astype("float32") / 16.0, np.ones((4, 4), "float32"))
+    images = (np.repeat(images[..., None], 3, axis=-1) - 0.5) / 0.25  # 32x32x3
+    order = np.random.default_rng(0).permutation(len(images))
+    train, held_out = order[:1400], order[1400:1496]
+    keras.utils.set_random_seed(0)
+    small = keras_nextvit.NextViT(depths=(1, 1, 5, 1), input_shape=(32, 32, 3), classes=10)
+    steps = 2 * -(-len(train) // 64)
+    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps - 10, warmup_target=1e-3, warmup_steps=10)
+    small.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    small.fit(images[train], digits.target[train], batch_size=64, epochs=2, verbose=0)
+    _, accuracy = small.evaluate(images[held_out], digits.target[held_out], verbose=0)
+    assert accuracy >= 0.8  # trained: its logits depend on the image
+    report = keras_nextvit.export(
+        small,
+        tmp_path / "digits_int8.tflite",
+        format="tflite",
+        quantize="int8",
+        representative_data=[images[train[i : i + 8]] for i in range(0, 64, 8)],
+        verification_data=images[held_out],
+    )
+    check = report.output()
+    assert check.cosine >= 0.98 and check.cosine_input_dependent >= 0.98, str(report)
+    assert check.top1_agreement >= 0.9, str(report)  # near-ties after 2 epochs may flip
+
+
 def test_int8_from_image_folder(model, tmp_path):
     from PIL import Image
 
@@ -214,3 +253,24 @@ def test_tensorrt_without_tensorrt(model, tmp_path):
         keras_nextvit.export(model, tmp_path / "m.plan", format="tensorrt", quantize="float16")
     with pytest.raises(ValueError, match="needs representative_data"):
         keras_nextvit.export(model, tmp_path / "m.plan", format="tensorrt", quantize="int8")
+
+
+def test_report_sees_an_artifact_that_ignores_its_input():
+    """Outputs that barely vary between images (as with synthetic weights)
+    give a high plain cosine even to an artifact that returns the outputs of
+    other images; the input-dependent cosine tells the two apart."""
+    from keras_nextvit.exporters.verify import compare
+
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=(1, 1000)) * 10
+    expected = common + rng.normal(size=(4, 1000)) * 0.3
+    wrong = common + rng.normal(size=(4, 1000)) * 0.3  # another batch's outputs
+    faithful = expected + rng.normal(size=(4, 1000)) * 1e-3
+    bad, good = compare("logits", wrong, expected), compare("logits", faithful, expected)
+    assert bad.cosine > 0.99 and good.cosine > 0.99  # the plain cosine passes both
+    assert bad.cosine_input_dependent < 0.1
+    assert good.cosine_input_dependent > 0.999
+    assert "input-dependent part" in str(
+        keras_nextvit.exporters.ExportReport("onnx", "none", "m.onnx", 1, 1, 1.0, 1.0, [bad])
+    )
+    assert compare("logits", faithful[:1], expected[:1]).cosine_input_dependent is None

@@ -2,8 +2,15 @@
 
 An exported artifact is run beside the Keras model on the same inputs; the
 report gives, per output, the max abs error (absolute and relative to the
-largest reference value), the cosine similarity, the top-1 agreement (for
-class scores), and for the artifact its file size and median latency.
+largest reference value), the cosine similarity, the cosine of the
+input-dependent part, the top-1 agreement (for class scores), and for the
+artifact its file size and median latency.
+
+The input-dependent part is each output minus the Keras outputs' mean over
+the batch. A network whose outputs barely change from image to image (random
+or synthetic weights do this: their logits for different images have a
+cosine of ~0.999 with each other) passes a plain cosine bar even when the
+artifact ignores its input; the input-dependent cosine does not.
 """
 
 from __future__ import annotations  # the report also loads on Python 3.9 (tools/tensorrt_check.py)
@@ -23,6 +30,7 @@ class OutputCheck:
     max_abs_reference: float
     cosine: float
     top1_agreement: float | None
+    cosine_input_dependent: float | None = None  # needs a batch of two or more
 
     @property
     def relative_error(self):
@@ -69,6 +77,8 @@ class ExportReport:
         ]
         for c in self.outputs:
             top1 = "" if c.top1_agreement is None else f", top-1 agreement {c.top1_agreement:.1%}"
+            if c.cosine_input_dependent is not None:
+                top1 = f" (input-dependent part {c.cosine_input_dependent:.4f}){top1}"
             lines.append(
                 f"  {c.name}: max abs error {c.max_abs_error:.3g} "
                 f"({c.relative_error:.2g} of max |Keras| {c.max_abs_reference:.3g}), "
@@ -108,12 +118,17 @@ def compare(name, actual, expected):
     top1 = None
     if expected.ndim == 2 and expected.shape[-1] > 1:
         top1 = float(np.mean(np.argmax(actual, -1) == np.argmax(expected, -1)))
+    varying = None
+    if len(expected) > 1:
+        centre = expected.mean(axis=0, keepdims=True, dtype=np.float64)
+        varying = _cosine(actual - centre, expected - centre)
     return OutputCheck(
         name=name,
         max_abs_error=float(np.max(np.abs(actual - expected))),
         max_abs_reference=float(np.max(np.abs(expected))),
         cosine=_cosine(actual, expected),
         top1_agreement=top1,
+        cosine_input_dependent=varying,
     )
 
 
