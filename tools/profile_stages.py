@@ -13,8 +13,9 @@ and an MLP's pair of 1x1 projections per stage shape with its MAC rate,
 in TensorFlow and in PyTorch (compare with the float32 matmul rate
 ``tools/benchmark.py`` prints). ``torch-eager`` is the PyTorch reference
 (``tools/torch_reference.py``) cut the same way, and every stem layer and
-block is also timed alone under XLA and in the reference. Last, the MLP
-of every stage in TFLite (XNNPACK) and ONNX Runtime, float32.
+block is also timed alone under XLA and in the reference. ``onnx`` is our
+ONNX export in ONNX Runtime, stage by stage beside ``tflite-fp32``. Last,
+the MLP of every stage in TFLite (XNNPACK) and ONNX Runtime, float32.
 
 This is how the int8 attention slowdown (TFLite's int8 BATCH_MATMUL has no
 XNNPACK kernel), the gap between XLA and XNNPACK on MHCA's grouped
@@ -34,7 +35,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 RUNTIMES = (
-    "xla", "function", "tflite-fp32", "tflite-int8", "tflite-int8_float_attention", "torch-eager",
+    "xla", "function", "tflite-fp32", "tflite-int8", "tflite-int8_float_attention", "onnx",
+    "torch-eager",
 )
 
 
@@ -52,6 +54,7 @@ def _median_ms(fn, x, warmup=5, repeats=20):
             "_nextvit_verify", os.path.join(ROOT, "keras_nextvit", "exporters", "verify.py")
         )
         _VERIFY = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = _VERIFY  # its dataclasses look their module up
         spec.loader.exec_module(_VERIFY)
     return _VERIFY.latency_ms(fn, x, warmup, repeats)["median_ms"]
 
@@ -82,6 +85,13 @@ def work_stages(runtime, variant, size):
         if runtime in ("xla", "function"):
             fn = tf.function(lambda t: prefix(t, training=False), jit_compile=runtime == "xla")
             times.append(_median_ms(lambda t: fn(t).numpy(), tf.constant(images)))
+        elif runtime == "onnx":  # our export of the prefix, in ONNX Runtime (the TFLite bar's yardstick)
+            from keras_nextvit.exporters import onnx as onnx_export
+
+            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_{os.getpid()}.onnx")
+            onnx_export.export_onnx(keras_nextvit.merge_batchnorm(prefix), path)
+            times.append(_median_ms(onnx_export.ONNXRunner(path), images))
+            os.remove(path)
         else:
             from keras_nextvit.exporters import tflite
             from keras_nextvit.exporters.saved_model import output_names
