@@ -82,7 +82,7 @@ def prepare(args):
     sys.path.insert(0, ROOT)
     import keras_nextvit
     from keras_nextvit.presets import VARIANTS
-    from keras_nextvit.synthetic import synthetic_input
+    from keras_nextvit.exporters import default_inputs
 
     import keras
 
@@ -93,8 +93,8 @@ def prepare(args):
     )
     if args.coarse_weights:
         coarsen_weights(model, args.seed)
-    images = synthetic_input(args.seed + 1, (args.images, 3, size, size)).transpose(0, 2, 3, 1).copy()
-    calibration = synthetic_input(args.seed + 2, (args.calibration, 3, size, size)).transpose(0, 2, 3, 1).copy()
+    images = default_inputs((size, size, 3), args.images, args.seed + 1)
+    calibration = default_inputs((size, size, 3), args.calibration, args.seed + 2)
     os.makedirs(args.out, exist_ok=True)
     onnx_path = os.path.join(args.out, "model.onnx")
     report = keras_nextvit.export(model, onnx_path, format="onnx", batch_size=None, verification_data=images)
@@ -144,10 +144,10 @@ def check(args):
     print(f"TensorRT {trt.__version__} on {gpu}; {str(reference['variant'])}, images {images.shape}")
     batch8 = np.concatenate([images] * (8 // len(images) + 1))[:8]
     rows, ok = [], True
+    chunks = [calibration[i : i + 8] for i in range(0, len(calibration) - 7, 8)]
     for precision in args.precisions:
         engine_path = os.path.join(args.dir, f"model_{precision}.plan")
         start = time.perf_counter()
-        chunks = [calibration[i : i + 8] for i in range(0, len(calibration) - 7, 8)]
         engines.build_engine(
             onnx_path,
             engine_path,
@@ -216,7 +216,10 @@ def main(argv=None):
     c.add_argument("--optimization-level", type=int, help="TensorRT builder optimization level (default 3)")
     c.add_argument("--json")
     args = parser.parse_args(argv)
-    return prepare(args) or 0 if args.step == "prepare" else check(args)
+    if args.step == "prepare":
+        prepare(args)
+        return 0
+    return check(args)
 
 
 if __name__ == "__main__":
