@@ -331,11 +331,21 @@ class MLP(_Composite):
 
     TORCH_CHILDREN = ("fc1", "fc2")
 
-    def __init__(self, hidden_units, output_units, dropout=0.0, **kwargs):
+    def __init__(self, hidden_units, output_units, dropout=0.0, hidden_chunks=1, **kwargs):
         super().__init__(**kwargs)
+        if hidden_chunks < 1 or hidden_units % hidden_chunks:
+            raise ValueError(
+                f"MLP hidden_chunks ({hidden_chunks}) must be a positive divisor of "
+                f"hidden_units ({hidden_units})."
+            )
         self.hidden_units = hidden_units
         self.output_units = output_units
         self.dropout = dropout
+        # How the two projections run (same weights, same function): whole,
+        # or as ``hidden_chunks`` slices of the hidden units whose outputs
+        # are summed. The TFLite export uses slices whose weights fit a
+        # core's L2 cache, where XNNPACK's float32 GEMM is fastest.
+        self.hidden_chunks = hidden_chunks
         self.fc1 = _pointwise(hidden_units, use_bias=True, name="fc1")
         self.fc2 = _pointwise(output_units, use_bias=True, name="fc2")
         self.drop = keras.layers.Dropout(dropout, name="drop")
@@ -345,8 +355,26 @@ class MLP(_Composite):
         self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_units,))
 
     def call(self, x, training=None):
+        if self.hidden_chunks > 1 and not training and self._float_weights():
+            return self._chunked(x)
         x = self.drop(ops.relu(self.fc1(x)), training=training)
         return self.drop(self.fc2(x), training=training)
+
+    def _float_weights(self):
+        # Keras-quantized Dense layers keep their kernels in another form.
+        return all(getattr(fc, "quantization_mode", None) is None for fc in (self.fc1, self.fc2))
+
+    def _chunked(self, x):
+        """``fc2(relu(fc1(x)))`` as the sum over slices of the hidden units:
+        ``sum_j relu(x W1[:, j] + b1[j]) W2[j, :] + b2`` (inference only)."""
+        width = self.hidden_units // self.hidden_chunks
+        out = None
+        for j in range(self.hidden_chunks):
+            part = slice(j * width, (j + 1) * width)
+            hidden = ops.relu(ops.matmul(x, self.fc1.kernel[:, part]) + self.fc1.bias[part])
+            y = ops.matmul(hidden, self.fc2.kernel[part, :])
+            out = y if out is None else out + y
+        return out + self.fc2.bias
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_units,)
@@ -358,6 +386,8 @@ class MLP(_Composite):
             output_units=self.output_units,
             dropout=self.dropout,
         )
+        if self.hidden_chunks != 1:
+            config["hidden_chunks"] = self.hidden_chunks
         return config
 
 

@@ -106,6 +106,57 @@ def test_saved_model_uint8_signature(model, tmp_path):
     np.testing.assert_allclose(served, expected, atol=1e-4 * np.abs(expected).max())
 
 
+def _op_counts(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    counts = {}
+    for op in Interpreter(model_path=str(path))._get_ops_details():
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return counts
+
+
+def test_mlp_slices_for_xnnpack():
+    from keras_nextvit.exporters.tflite import MLP_CHUNK_BYTES, mlp_hidden_chunks
+
+    # Next-ViT's MLPs (input units, hidden units): stages 1-2 fit 1 MiB whole,
+    # stage 3's (1.7 and 2 MiB) run in halves, stage 4's (6.75, 8 MiB) in eighths.
+    shapes = [(96, 288), (192, 576), (384, 1152), (512, 1024), (768, 2304), (1024, 2048)]
+    assert [mlp_hidden_chunks(*s) for s in shapes] == [1, 1, 2, 2, 8, 8]
+    for units, hidden in shapes:
+        width = hidden // mlp_hidden_chunks(units, hidden)
+        assert width % 16 == 0 and units * width * 4 <= MLP_CHUNK_BYTES
+    assert mlp_hidden_chunks(384, 1152, budget_bytes=4 * 2**20) == 1
+    assert mlp_hidden_chunks(100, 8) == 1  # no width of 16: whole
+
+
+def test_float_tflite_runs_mlps_in_slices(tmp_path):
+    """Float TFLite models get the sliced MLPs (more FULLY_CONNECTED ops, same
+    numbers); quantized ones, and the Keras model after, keep them whole."""
+    from keras_nextvit.exporters import tflite
+    from keras_nextvit.exporters.saved_model import output_names
+
+    model = keras_nextvit.merge_batchnorm(keras_nextvit.NextViT(depths=(1, 1, 5, 1), input_shape=(64, 64, 3)))
+    mlps = [l for l in model._flatten_layers() if isinstance(l, keras_nextvit.MLP)]
+    slices = [tflite.mlp_hidden_chunks(m.fc1.kernel.shape[0], m.hidden_units) for m in mlps]
+    assert slices == [1, 1, 2, 2, 2, 2, 2, 8]
+    config = model.get_config()
+    x = np.random.default_rng(0).uniform(-2, 2, (2, 64, 64, 3)).astype("float32")
+    expected = np.asarray(model(x))
+    counts = {}
+    for name, chunk_bytes in [("sliced", tflite.MLP_CHUNK_BYTES), ("whole", None)]:
+        path = tmp_path / f"{name}.tflite"
+        path.write_bytes(tflite.convert(model, "none", mlp_chunk_bytes=chunk_bytes))
+        counts[name] = _op_counts(path)["FULLY_CONNECTED"]
+        got = tflite.TFLiteRunner(path, output_names(model))(x)[0]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    assert counts["sliced"] == counts["whole"] + 2 * sum(n - 1 for n in slices)  # fc1 + fc2 per extra slice
+    assert all(m.hidden_chunks == 1 for m in mlps) and model.get_config() == config
+    for quantize in ("float16", "dynamic", "int8", "int8_float_attention"):
+        with tflite.xnnpack_forms(model, quantize):
+            chunks = [m.hidden_chunks for m in mlps]
+        assert chunks == (slices if quantize == "float16" else [1] * len(mlps)), quantize
+
+
 def test_tflite_float16(model, tmp_path):
     report = keras_nextvit.export(
         model, tmp_path / "fp16.tflite", format="tflite", quantize="float16", verification_data=inputs(7, 4)

@@ -175,6 +175,7 @@ def test_weights_h5_round_trip(trained_like, tmp_path):
         keras_nextvit.EfficientMHSA(64, sr_ratio=2),
         keras_nextvit.MHCA(64),
         keras_nextvit.MLP(128, 64, dropout=0.1),
+        keras_nextvit.MLP(128, 64, hidden_chunks=4),
         keras_nextvit.PatchEmbed(64, strides=2),
         keras_nextvit.ConvBNReLU(16, strides=2),
         keras_nextvit.DropPath(0.2),
@@ -185,6 +186,26 @@ def test_layer_config_round_trip(layer):
     clone = keras.saving.deserialize_keras_object(config)
     assert type(clone) is type(layer)
     assert clone.get_config() == layer.get_config()
+
+
+def test_mlp_in_hidden_slices_is_the_same_function():
+    """The sliced MLP (the float TFLite export's form) sums per-slice
+    products: same function, other rounding. Training keeps the whole form."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 7, 48)).astype("float32")
+    whole = keras_nextvit.MLP(144, 48)
+    whole.build(x.shape)
+    whole.set_weights([rng.normal(size=w.shape).astype("float32") for w in whole.get_weights()])
+    expected = keras.ops.convert_to_numpy(whole(x))
+    for chunks in (2, 3, 9):
+        sliced = keras_nextvit.MLP(144, 48, hidden_chunks=chunks)
+        sliced.build(x.shape)
+        sliced.set_weights(whole.get_weights())
+        got = keras.ops.convert_to_numpy(sliced(x))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        assert not np.array_equal(got, expected)  # the sliced path ran: another order of sums
+    with pytest.raises(ValueError, match=r"hidden_chunks \(5\) must be a positive divisor of hidden_units \(144\)"):
+        keras_nextvit.MLP(144, 48, hidden_chunks=5)
 
 
 # ---------------------------------------------------------------- bad input

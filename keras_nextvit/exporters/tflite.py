@@ -27,27 +27,64 @@ QUANTIZE_MODES = ("none", "float16", "dynamic", "int8", "int8_float_attention")
 FLOAT_ATTENTION_OPS = ("BATCH_MATMUL", "SOFTMAX")
 
 
-@contextlib.contextmanager
-def grouped_mhca(model):
-    """Trace MHCA as one grouped conv (XNNPACK's fastest form: 15 ms instead
-    of 23 ms for int8 Next-ViT-S at 224 here), restoring the model after."""
-    from ..layers import MHCA
+# The float32 weights of one slice of an MLP in the float TFLite models, at
+# most. XNNPACK's GEMM re-reads the whole weight matrix for every few rows
+# of activations, so it slows down once the matrix outgrows a core's L2
+# cache: on a 2 MiB-L2 Intel core, stage 3's 1.7 MiB MLP matrices run at
+# 108-118 GMAC/s against 125-139 at 0.84 MiB (`tools/profile_stages.py`).
+MLP_CHUNK_BYTES = 2**20
 
-    blocks = [l for l in model._flatten_layers() if isinstance(l, MHCA) and l.split_heads]
-    for layer in blocks:
-        layer.split_heads = False
+
+def mlp_hidden_chunks(input_units, hidden_units, budget_bytes=MLP_CHUNK_BYTES):
+    """How many slices of the hidden units keep each slice's fc1 (and fc2)
+    weights within ``budget_bytes``: the smallest count that divides
+    ``hidden_units`` into widths that are multiples of 16 (XNNPACK's tile)."""
+    for chunks in range(1, hidden_units // 16 + 1):
+        width, rest = divmod(hidden_units, chunks)
+        if rest or width % 16:
+            continue
+        if input_units * width * 4 <= budget_bytes:
+            return chunks
+    return 1
+
+
+@contextlib.contextmanager
+def xnnpack_forms(model, quantize="none", mlp_chunk_bytes=MLP_CHUNK_BYTES):
+    """Trace the forms XNNPACK runs fastest, restoring the model after.
+
+    MHCA as one grouped conv (15 ms instead of 23 ms for int8 Next-ViT-S at
+    224 here). For the float models (``none``, ``float16``: XNNPACK computes
+    both in float32) each MLP in slices of :func:`mlp_hidden_chunks` with
+    ``mlp_chunk_bytes`` (``None``: whole MLPs); the integer models keep
+    whole MLPs (their weights are a quarter of the size, and every extra sum
+    would be one more rounding to int8).
+    """
+    from ..layers import MHCA, MLP
+
+    layers = list(model._flatten_layers())
+    saved = []
+    for layer in layers:
+        if isinstance(layer, MHCA) and layer.split_heads:
+            saved.append((layer, "split_heads", True))
+            layer.split_heads = False
+        elif isinstance(layer, MLP) and quantize in ("none", "float16") and mlp_chunk_bytes:
+            chunks = mlp_hidden_chunks(layer.fc1.kernel.shape[0], layer.hidden_units, mlp_chunk_bytes)
+            saved.append((layer, "hidden_chunks", layer.hidden_chunks))
+            layer.hidden_chunks = chunks
     try:
         yield
     finally:
-        for layer in blocks:
-            layer.split_heads = True
+        for layer, name, value in saved:
+            setattr(layer, name, value)
 
 
-def convert(model, quantize="none", representative=None, batch_size=1):
+def convert(model, quantize="none", representative=None, batch_size=1, mlp_chunk_bytes=MLP_CHUNK_BYTES):
     """TFLite flatbuffer bytes of ``model``.
 
     ``representative``: a zero-argument callable yielding ``[batch]`` lists
-    of float32 NHWC arrays (int8 modes only).
+    of float32 NHWC arrays (int8 modes only). ``mlp_chunk_bytes``: the
+    float models' MLP slice size (see :func:`xnnpack_forms`); lower it for
+    cores with a smaller L2 cache, ``None`` keeps whole MLPs.
 
     ``int8``: full-integer post-training quantization, every tensor int8
     (what integer-only accelerators need). ``int8_float_attention``: the
@@ -63,7 +100,7 @@ def convert(model, quantize="none", representative=None, batch_size=1):
             f"quantize={quantize!r} needs representative_data to calibrate on: "
             "an image folder or an iterable/generator of NHWC float batches."
         )
-    with tempfile.TemporaryDirectory() as tmp, grouped_mhca(model):
+    with tempfile.TemporaryDirectory() as tmp, xnnpack_forms(model, quantize, mlp_chunk_bytes):
         saved = export_saved_model(
             model, os.path.join(tmp, "saved_model"), batch_size, for_converter=True
         )
