@@ -259,8 +259,9 @@ def work_mlp_torch():
 
 def work_mlp_exports():
     """An NCB MLP (ratio 3, ReLU, biases) per stage shape, including stage 4,
-    as the deployment runtimes run it: TFLite (XNNPACK, float32) and ONNX
-    Runtime (MatMul + Add), on a channels-last feature map."""
+    as the deployment runtimes run it: TFLite (XNNPACK, float32) whole and
+    in the export's slices of the hidden units (``mlp_hidden_chunks``), and
+    ONNX Runtime (MatMul + Add), on a channels-last feature map."""
     import keras
     import numpy as np
     import onnxruntime as ort
@@ -268,25 +269,30 @@ def work_mlp_exports():
 
     from keras_nextvit.exporters import tflite
     from keras_nextvit.exporters.saved_model import output_names
+    from keras_nextvit.layers import MLP
 
     rng = np.random.default_rng(0)
     result = {}
     for size, channels in ((56, 96), (28, 192), (14, 384), (7, 768)):
         tokens, hidden = size * size, 3 * channels
         inputs = keras.Input((size, size, channels), batch_size=1)
-        fc1 = keras.layers.Dense(hidden, activation="relu")
-        fc2 = keras.layers.Dense(channels)
-        model = keras.Model(inputs, fc2(fc1(inputs)))
+        mlp = MLP(hidden, channels)
+        model = keras.Model(inputs, mlp(inputs))
         x = rng.normal(size=(1, size, size, channels)).astype("float32")
         path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_mlp_{os.getpid()}.tflite")
-        with open(path, "wb") as f:
-            f.write(tflite.convert(model, "none"))
-        tflite_ms = _median_ms(tflite.TFLiteRunner(path, output_names(model)), x)
-        os.remove(path)
+        tflite_ms = {}
+        chunks = tflite.mlp_hidden_chunks(channels, hidden)
+        for form, chunk_bytes in (("whole", None), (f"in {chunks}", tflite.MLP_CHUNK_BYTES)):
+            if form == "in 1":
+                continue
+            with open(path, "wb") as f:
+                f.write(tflite.convert(model, "none", mlp_chunk_bytes=chunk_bytes))
+            tflite_ms[form] = _median_ms(tflite.TFLiteRunner(path, output_names(model)), x)
+            os.remove(path)
 
         weights = {
-            "w1": fc1.kernel.numpy(), "b1": fc1.bias.numpy(),
-            "w2": fc2.kernel.numpy(), "b2": fc2.bias.numpy(),
+            "w1": mlp.fc1.kernel.numpy(), "b1": mlp.fc1.bias.numpy(),
+            "w2": mlp.fc2.kernel.numpy(), "b2": mlp.fc2.bias.numpy(),
         }
         graph = helper.make_graph(
             [
@@ -308,7 +314,11 @@ def work_mlp_exports():
         ort_ms = _median_ms(lambda t: session.run(None, {"x": t}), x)
         macs = 2 * tokens * channels * hidden
         shape = f"{size}x{size} {channels}->{hidden}->{channels}"
-        result[f"{shape} TFLite XNNPACK"] = [tflite_ms, macs / tflite_ms / 1e6]
+        mib = channels * hidden * 4 / 2**20
+        for form, ms in tflite_ms.items():
+            result[f"{shape} TFLite {form} ({mib / int(form[3:]) if form != 'whole' else mib:.2f} MiB)"] = [
+                ms, macs / ms / 1e6
+            ]
         result[f"{shape} ONNX Runtime"] = [ort_ms, macs / ort_ms / 1e6]
     return result
 
@@ -337,7 +347,7 @@ def run_worker(*params):
 def _print_rates(rows):
     """``{name: [ms, GMAC/s]}`` rows (or a worker's ``{"error": ...}``)."""
     for name, value in rows.items():
-        print(f"  {name:<36}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
+        print(f"  {name:<48}{value[0]:>7.2f}{value[1]:>7.0f}" if isinstance(value, list) else f"  {name}: {value}")
 
 
 def main(argv=None):
@@ -389,7 +399,8 @@ def main(argv=None):
     mlp = run_worker("mlp")
     torch_mlp = run_worker("mlp-torch")
     _print_rates({**mlp, **torch_mlp})
-    print("\nThe same MLP (with biases) in the deployment runtimes, float32, ms and GMAC/s:")
+    print("\nThe same MLP (with biases) in the deployment runtimes, float32, ms and GMAC/s; TFLite whole")
+    print("and in the float export's slices of the hidden units (MiB: one weight matrix, or one slice of it):")
     _print_rates(run_worker("mlp-exports"))
     macs = run_worker("macs", args.variant, args.size)
     if "error" not in macs and "error" not in mlp:

@@ -28,10 +28,11 @@ FLOAT_ATTENTION_OPS = ("BATCH_MATMUL", "SOFTMAX")
 
 
 # The float32 weights of one slice of an MLP in the float TFLite models, at
-# most. XNNPACK's GEMM re-reads the whole weight matrix for every few rows
-# of activations, so it slows down once the matrix outgrows a core's L2
-# cache: on a 2 MiB-L2 Intel core, stage 3's 1.7 MiB MLP matrices run at
-# 108-118 GMAC/s against 125-139 at 0.84 MiB (`tools/profile_stages.py`).
+# most. XNNPACK's GEMM slows down once a weight matrix outgrows a core's L2
+# cache. On a 2-core Intel Xeon with 2 MiB of L2 per core (tools/
+# profile_stages.py), stage 3's MLP (two 1.69 MiB matrices) takes 1.70 ms
+# whole and 1.33-1.46 ms in two slices (ONNX Runtime: 1.25-1.38), stage 4's
+# (6.75 MiB) 1.73-1.84 ms whole and 1.63-1.66 in eight.
 MLP_CHUNK_BYTES = 2**20
 
 
