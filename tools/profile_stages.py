@@ -14,8 +14,10 @@ in TensorFlow and in PyTorch (compare with the float32 matmul rate
 ``tools/benchmark.py`` prints). ``torch-eager`` is the PyTorch reference
 (``tools/torch_reference.py``) cut the same way, and every stem layer and
 block is also timed alone under XLA and in the reference. ``onnx`` is our
-ONNX export in ONNX Runtime, stage by stage beside ``tflite-fp32``. Last,
-the MLP of every stage in TFLite (XNNPACK) and ONNX Runtime, float32.
+ONNX export in ONNX Runtime, stage by stage beside ``tflite-fp32``, and
+every stem layer and block is exported alone and timed in both. Last, the
+MLP of every stage in TFLite (XNNPACK; whole and in the export's slices)
+and ONNX Runtime, float32.
 
 This is how the int8 attention slowdown (TFLite's int8 BATCH_MATMUL has no
 XNNPACK kernel), the gap between XLA and XNNPACK on MHCA's grouped
@@ -160,6 +162,45 @@ def work_blocks(runtime, variant, size):
         times.append(_median_ms(lambda t, fn=fn: fn(t).numpy(), x))
         x = fn(x)
     return times
+
+
+def work_blocks_exports(variant, size):
+    """Each stem layer and block alone, BatchNorm-merged and exported on its
+    real input shape, in TFLite (XNNPACK, float32) and in ONNX Runtime (our
+    ONNX export): ``[[name, tflite ms, onnx ms], ...]``. A call's input and
+    output copies are included, so large feature maps weigh a little more
+    than inside the whole model."""
+    import keras
+    import numpy as np
+
+    import keras_nextvit
+    from keras_nextvit.exporters import onnx as onnx_export
+    from keras_nextvit.exporters import tflite
+    from keras_nextvit.exporters.saved_model import output_names
+    from keras_nextvit.presets import VARIANTS
+
+    model = keras_nextvit.NextViT(depths=VARIANTS[variant]["depths"], input_shape=(size, size, 3))
+    x = np.random.default_rng(0).uniform(-2, 2, (1, size, size, 3)).astype("float32")
+    tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_block_{os.getpid()}")
+    rows = []
+    for layer in model.layers:
+        if not layer.name.startswith(("stem", "stages")):
+            continue
+        y = np.asarray(layer(x, training=False))
+        inputs = keras.Input(batch_shape=x.shape)
+        clone = type(layer).from_config(layer.get_config())
+        alone = keras.Model(inputs, clone(inputs))
+        clone.set_weights(layer.get_weights())
+        deploy = keras_nextvit.merge_batchnorm(alone)
+        with open(tmp + ".tflite", "wb") as f:
+            f.write(tflite.convert(deploy, "none"))
+        onnx_export.export_onnx(deploy, tmp + ".onnx")
+        runners = (tflite.TFLiteRunner(tmp + ".tflite", output_names(deploy)), onnx_export.ONNXRunner(tmp + ".onnx"))
+        rows.append([layer.name, *(_median_ms(r, x) for r in runners)])
+        x = y
+    for suffix in (".tflite", ".onnx"):
+        os.remove(tmp + suffix)
+    return rows
 
 
 def work_mhca_conv():
@@ -361,6 +402,8 @@ def main(argv=None):
             print(json.dumps(work_mlp_torch()))
         elif argv[1] == "mlp-exports":
             print(json.dumps(work_mlp_exports()))
+        elif argv[1] == "blocks-exports":
+            print(json.dumps(work_blocks_exports(argv[2], int(argv[3]))))
         elif argv[1] == "blocks":
             print(json.dumps(work_blocks(argv[2], argv[3], int(argv[4]))))
         elif argv[1] == "torch-eager":
@@ -392,6 +435,14 @@ def main(argv=None):
         print(f"\nEach of the {len(ratios)} stem layers and blocks alone, XLA / PyTorch reference: "
               f"{min(ratios):.2f}-{max(ratios):.2f} (median {statistics.median(ratios):.2f}); "
               f"sums {sum(blocks['xla']):.1f} vs {sum(blocks['torch-eager']):.1f} ms")
+    rows = run_worker("blocks-exports", args.variant, args.size)
+    if isinstance(rows, dict):
+        print(f"\nEach layer alone in TFLite and ONNX Runtime: failed: {rows['error']}")
+    else:
+        print("\nEach stem layer and block alone, float32, ms: TFLite (XNNPACK) / ONNX Runtime (ours)")
+        for name, tflite_ms, onnx_ms in rows:
+            print(f"  {name:<24}{tflite_ms:>7.2f}{onnx_ms:>7.2f}{tflite_ms / onnx_ms:>7.2f}")
+        print(f"  {'sum':<24}{sum(r[1] for r in rows):>7.2f}{sum(r[2] for r in rows):>7.2f}")
     print("\nMHCA grouped 3x3 conv of stage 1 (56x56x96, 3 heads of 32), ms:")
     for name, ms in run_worker("mhca").items():
         print(f"  {name:<28}{ms:>7.2f}" if isinstance(ms, float) else f"  {name}: {ms}")
