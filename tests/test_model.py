@@ -204,6 +204,7 @@ def test_mlp_in_hidden_slices_is_the_same_function():
         got = keras.ops.convert_to_numpy(sliced(x))
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
         assert not np.array_equal(got, expected)  # the sliced path ran: another order of sums
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(sliced(x, training=True)), expected)
     with pytest.raises(ValueError, match=r"hidden_chunks \(5\) must be a positive divisor of hidden_units \(144\)"):
         keras_nextvit.MLP(144, 48, hidden_chunks=5)
 
