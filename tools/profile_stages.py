@@ -70,6 +70,36 @@ def _torch_reference(variant, size):
     return model, torch_reference.synthetic_input(0, (1, 3, size, size))
 
 
+def _artifact_path(suffix):
+    return os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_{os.getpid()}{suffix}")
+
+
+def _tflite_ms(model, x, quantize="none", representative=None, **convert_options):
+    """Median ms of ``model`` converted to TFLite (the artifact is removed)."""
+    from keras_nextvit.exporters import tflite
+    from keras_nextvit.exporters.saved_model import output_names
+
+    path = _artifact_path(".tflite")
+    with open(path, "wb") as f:
+        f.write(tflite.convert(model, quantize, representative, **convert_options))
+    try:
+        return _median_ms(tflite.TFLiteRunner(path, output_names(model)), x)
+    finally:
+        os.remove(path)
+
+
+def _onnx_ms(model, x):
+    """Median ms of ``model`` exported to ONNX, in ONNX Runtime."""
+    from keras_nextvit.exporters import onnx as onnx_export
+
+    path = _artifact_path(".onnx")
+    onnx_export.export_onnx(model, path)
+    try:
+        return _median_ms(onnx_export.ONNXRunner(path), x)
+    finally:
+        os.remove(path)
+
+
 def work_stages(runtime, variant, size):
     import keras
     import numpy as np
@@ -88,16 +118,8 @@ def work_stages(runtime, variant, size):
             fn = tf.function(lambda t: prefix(t, training=False), jit_compile=runtime == "xla")
             times.append(_median_ms(lambda t: fn(t).numpy(), tf.constant(images)))
         elif runtime == "onnx":  # our export of the prefix, in ONNX Runtime (the TFLite bar's yardstick)
-            from keras_nextvit.exporters import onnx as onnx_export
-
-            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_{os.getpid()}.onnx")
-            onnx_export.export_onnx(keras_nextvit.merge_batchnorm(prefix), path)
-            times.append(_median_ms(onnx_export.ONNXRunner(path), images))
-            os.remove(path)
+            times.append(_onnx_ms(keras_nextvit.merge_batchnorm(prefix), images))
         else:
-            from keras_nextvit.exporters import tflite
-            from keras_nextvit.exporters.saved_model import output_names
-
             quantize = runtime.split("-", 1)[1].replace("fp32", "none")
             rng = np.random.default_rng(1)
 
@@ -106,14 +128,7 @@ def work_stages(runtime, variant, size):
                     yield [rng.uniform(-2, 2, images.shape).astype("float32")]
 
             calibration = None if quantize == "none" else calibration_batches
-
-            deploy = keras_nextvit.merge_batchnorm(prefix)
-            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_{os.getpid()}.tflite")
-            with open(path, "wb") as f:
-                f.write(tflite.convert(deploy, quantize, calibration))
-            runner = tflite.TFLiteRunner(path, output_names(deploy))
-            times.append(_median_ms(runner, images))
-            os.remove(path)
+            times.append(_tflite_ms(keras_nextvit.merge_batchnorm(prefix), images, quantize, calibration))
     return times
 
 
@@ -174,14 +189,10 @@ def work_blocks_exports(variant, size):
     import numpy as np
 
     import keras_nextvit
-    from keras_nextvit.exporters import onnx as onnx_export
-    from keras_nextvit.exporters import tflite
-    from keras_nextvit.exporters.saved_model import output_names
     from keras_nextvit.presets import VARIANTS
 
     model = keras_nextvit.NextViT(depths=VARIANTS[variant]["depths"], input_shape=(size, size, 3))
     x = np.random.default_rng(0).uniform(-2, 2, (1, size, size, 3)).astype("float32")
-    tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_block_{os.getpid()}")
     rows = []
     for layer in model.layers:
         if not layer.name.startswith(("stem", "stages")):
@@ -192,14 +203,8 @@ def work_blocks_exports(variant, size):
         alone = keras.Model(inputs, clone(inputs))
         clone.set_weights(layer.get_weights())
         deploy = keras_nextvit.merge_batchnorm(alone)
-        with open(tmp + ".tflite", "wb") as f:
-            f.write(tflite.convert(deploy, "none"))
-        onnx_export.export_onnx(deploy, tmp + ".onnx")
-        runners = (tflite.TFLiteRunner(tmp + ".tflite", output_names(deploy)), onnx_export.ONNXRunner(tmp + ".onnx"))
-        rows.append([layer.name, *(_median_ms(r, x) for r in runners)])
+        rows.append([layer.name, _tflite_ms(deploy, x), _onnx_ms(deploy, x)])
         x = y
-    for suffix in (".tflite", ".onnx"):
-        os.remove(tmp + suffix)
     return rows
 
 
@@ -229,19 +234,11 @@ def work_mhca_conv():
             )
     import keras
 
-    from keras_nextvit.exporters import tflite
-    from keras_nextvit.exporters.saved_model import output_names
-
     inputs = keras.Input((56, 56, 96), batch_size=1)
     conv = keras.layers.Conv2D(96, 3, padding="same", groups=3, use_bias=False)
     model = keras.Model(inputs, conv(inputs))
     conv.kernel.assign(w.numpy())
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_{os.getpid()}.tflite")
-    with open(path, "wb") as f:
-        f.write(tflite.convert(model, "none"))
-    runner = tflite.TFLiteRunner(path, output_names(model))
-    result["TFLite XNNPACK grouped"] = _median_ms(runner, x.numpy())
-    os.remove(path)
+    result["TFLite XNNPACK grouped"] = _tflite_ms(model, x.numpy())
     return result
 
 
@@ -309,7 +306,6 @@ def work_mlp_exports():
     from onnx import TensorProto, helper, numpy_helper
 
     from keras_nextvit.exporters import tflite
-    from keras_nextvit.exporters.saved_model import output_names
     from keras_nextvit.layers import MLP
 
     rng = np.random.default_rng(0)
@@ -320,16 +316,14 @@ def work_mlp_exports():
         mlp = MLP(hidden, channels)
         model = keras.Model(inputs, mlp(inputs))
         x = rng.normal(size=(1, size, size, channels)).astype("float32")
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"profile_mlp_{os.getpid()}.tflite")
-        tflite_ms = {}
         chunks = tflite.mlp_hidden_chunks(channels, hidden)
-        for form, chunk_bytes in (("whole", None), (f"in {chunks}", tflite.MLP_CHUNK_BYTES)):
-            if form == "in 1":
-                continue
-            with open(path, "wb") as f:
-                f.write(tflite.convert(model, "none", mlp_chunk_bytes=chunk_bytes))
-            tflite_ms[form] = _median_ms(tflite.TFLiteRunner(path, output_names(model)), x)
-            os.remove(path)
+        forms = [("whole", 1, None)]  # (label, slices, mlp_chunk_bytes)
+        if chunks > 1:
+            forms.append((f"in {chunks}", chunks, tflite.MLP_CHUNK_BYTES))
+        tflite_ms = {
+            (label, slices): _tflite_ms(model, x, mlp_chunk_bytes=chunk_bytes)
+            for label, slices, chunk_bytes in forms
+        }
 
         weights = {
             "w1": mlp.fc1.kernel.numpy(), "b1": mlp.fc1.bias.numpy(),
@@ -356,10 +350,8 @@ def work_mlp_exports():
         macs = 2 * tokens * channels * hidden
         shape = f"{size}x{size} {channels}->{hidden}->{channels}"
         mib = channels * hidden * 4 / 2**20
-        for form, ms in tflite_ms.items():
-            result[f"{shape} TFLite {form} ({mib / int(form[3:]) if form != 'whole' else mib:.2f} MiB)"] = [
-                ms, macs / ms / 1e6
-            ]
+        for (label, slices), ms in tflite_ms.items():
+            result[f"{shape} TFLite {label} ({mib / slices:.2f} MiB)"] = [ms, macs / ms / 1e6]
         result[f"{shape} ONNX Runtime"] = [ort_ms, macs / ort_ms / 1e6]
     return result
 

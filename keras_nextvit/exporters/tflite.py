@@ -62,9 +62,8 @@ def xnnpack_forms(model, quantize="none", mlp_chunk_bytes=MLP_CHUNK_BYTES):
     """
     from ..layers import MHCA, MLP
 
-    layers = list(model._flatten_layers())
-    saved = []
-    for layer in layers:
+    saved = []  # (layer, attribute, value to restore)
+    for layer in model._flatten_layers():
         if isinstance(layer, MHCA) and layer.split_heads:
             saved.append((layer, "split_heads", True))
             layer.split_heads = False
