@@ -127,6 +127,10 @@ def test_mlp_slices_for_xnnpack():
         assert width % 16 == 0 and units * width * 4 <= MLP_CHUNK_BYTES
     assert mlp_hidden_chunks(384, 1152, budget_bytes=4 * 2**20) == 1
     assert mlp_hidden_chunks(100, 8) == 1  # no width of 16: whole
+    assert mlp_hidden_chunks(384, 1152, budget_bytes=1024) == 72  # none fits: the finest, width 16
+    for bad in (0, -1, "1MiB", True):
+        with pytest.raises(ValueError, match=r"mlp_chunk_bytes must be a positive number of bytes"):
+            mlp_hidden_chunks(384, 1152, budget_bytes=bad)
 
 
 def test_float_tflite_runs_mlps_in_slices(tmp_path):
@@ -155,6 +159,9 @@ def test_float_tflite_runs_mlps_in_slices(tmp_path):
         with tflite.xnnpack_forms(model, quantize):
             chunks = [m.hidden_chunks for m in mlps]
         assert chunks == (slices if quantize == "float16" else [1] * len(mlps)), quantize
+    with pytest.raises(ValueError, match=r"mlp_chunk_bytes must be a positive number of bytes.*got 0"):
+        tflite.convert(model, "none", mlp_chunk_bytes=0)
+    assert all(m.hidden_chunks == 1 for m in mlps)
 
 
 def test_tflite_float16(model, tmp_path):

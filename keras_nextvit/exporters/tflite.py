@@ -36,17 +36,27 @@ FLOAT_ATTENTION_OPS = ("BATCH_MATMUL", "SOFTMAX")
 MLP_CHUNK_BYTES = 2**20
 
 
+def _check_chunk_bytes(budget_bytes):
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, float)) or budget_bytes <= 0:
+        raise ValueError(
+            f"mlp_chunk_bytes must be a positive number of bytes (or None for whole MLPs), "
+            f"got {budget_bytes!r}."
+        )
+
+
 def mlp_hidden_chunks(input_units, hidden_units, budget_bytes=MLP_CHUNK_BYTES):
     """How many slices of the hidden units keep each slice's fc1 (and fc2)
     weights within ``budget_bytes``: the smallest count that divides
-    ``hidden_units`` into widths that are multiples of 16 (XNNPACK's tile)."""
-    for chunks in range(1, hidden_units // 16 + 1):
-        width, rest = divmod(hidden_units, chunks)
-        if rest or width % 16:
-            continue
-        if input_units * width * 4 <= budget_bytes:
+    ``hidden_units`` into widths that are multiples of 16 (XNNPACK's tile);
+    the finest such slicing when none fits, 1 when there is none."""
+    _check_chunk_bytes(budget_bytes)
+    counts = [
+        c for c in range(1, hidden_units // 16 + 1) if hidden_units % c == 0 and (hidden_units // c) % 16 == 0
+    ]
+    for chunks in counts:
+        if input_units * (hidden_units // chunks) * 4 <= budget_bytes:
             return chunks
-    return 1
+    return counts[-1] if counts else 1
 
 
 @contextlib.contextmanager
@@ -62,12 +72,14 @@ def xnnpack_forms(model, quantize="none", mlp_chunk_bytes=MLP_CHUNK_BYTES):
     """
     from ..layers import MHCA, MLP
 
+    if mlp_chunk_bytes is not None:
+        _check_chunk_bytes(mlp_chunk_bytes)
     saved = []  # (layer, attribute, value to restore)
     for layer in model._flatten_layers():
         if isinstance(layer, MHCA) and layer.split_heads:
             saved.append((layer, "split_heads", True))
             layer.split_heads = False
-        elif isinstance(layer, MLP) and quantize in ("none", "float16") and mlp_chunk_bytes:
+        elif isinstance(layer, MLP) and quantize in ("none", "float16") and mlp_chunk_bytes is not None:
             chunks = mlp_hidden_chunks(layer.fc1.kernel.shape[0], layer.hidden_units, mlp_chunk_bytes)
             saved.append((layer, "hidden_chunks", layer.hidden_chunks))
             layer.hidden_chunks = chunks
