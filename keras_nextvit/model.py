@@ -7,13 +7,14 @@ name for name::
                 -> avg_pool -> head_fc
 
 Keras names cannot hold dots on every backend, so the reference's ``stem.0``
-is ``stem_0`` here; :func:`torch_prefix` turns one into the other.
+is ``stem_0`` here; :mod:`keras_nextvit.naming` turns one into the other.
 """
 
 import keras
 
 from . import presets
 from .layers import NCB, NTB, ConvBNReLU, InputCheck, _batch_norm
+from .naming import block_name, extra_norm_name, model_depths, stage_block_names, torch_prefix  # noqa: F401
 
 
 def stage_plan(depths):
@@ -36,16 +37,6 @@ def stage_plan(depths):
         ([("NCB", 384)] * 4 + [("NTB", 512)]) * (depths[2] // 5),
         [("NCB", 768)] * (depths[3] - 1) + [("NTB", 1024)],
     ]
-
-
-def torch_prefix(layer_name):
-    """The reference module path of a top-level layer: ``stages_2_blocks_4``
-    -> ``stages.2.blocks.4``, ``head_fc`` -> ``head.fc``."""
-    return layer_name.replace("_", ".")
-
-
-def block_name(stage, block):
-    return f"stages_{stage}_blocks_{block}"
 
 
 def _resolve_input_shape(input_shape, input_tensor, preset):
@@ -154,10 +145,63 @@ def NextViT(
     x = InputCheck(channels=shape[-1], min_size=presets.MIN_INPUT_SIZE, name="input_check")(
         inputs
     )
+    stages = build_stages(
+        x,
+        plan,
+        stem_channels=stem_channels,
+        strides=strides,
+        sr_ratios=sr_ratios,
+        head_dim=head_dim,
+        mix_block_ratio=mix_block_ratio,
+        drop_path_rate=drop_path_rate,
+        dropout_rate=dropout_rate,
+        attention_dropout_rate=attention_dropout_rate,
+    )
+    x = _batch_norm("norm")(stages[-1])
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(
+            classes, activation=classifier_activation, name="head_fc", dtype=_head_dtype()
+        )(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    model_inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else inputs
+    model = keras.Model(model_inputs, x, name=name)
+    if weights is not None:
+        weights_lib.load_weights(model, weights)
+    return model
+
+
+def build_stages(
+    x,
+    plan,
+    stem_channels=presets.STEM_CHANNELS,
+    strides=presets.STAGE_STRIDES,
+    sr_ratios=presets.SR_RATIOS,
+    head_dim=presets.HEAD_DIM,
+    mix_block_ratio=presets.MIX_BLOCK_RATIO,
+    drop_path_rate=0.1,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    extra_norms=False,
+):
+    """The stem and the four stages on the Keras tensor ``x``.
+
+    Returns the four stage outputs (strides 4, 8, 16, 32). With
+    ``extra_norms`` (the segmentation backbone of the upstream repository,
+    ``with_extra_norm=True``), stage ``i``'s last block is followed by the
+    BatchNorm ``extra_norm_{i}`` for stages 1-3 and by ``norm`` for stage 4,
+    and the normalised map is both the output and what the next stage reads.
+    Without, the outputs are the raw last-block maps (classification).
+    """
     c0, c1, c2 = stem_channels
     for i, (filters, stride) in enumerate(((c0, 2), (c1, 1), (c2, 1), (c2, 2))):
         x = ConvBNReLU(filters, 3, strides=stride, name=f"stem_{i}")(x)
 
+    outputs = []
     total_blocks = sum(len(stage) for stage in plan)
     block_index = 0
     for s, stage in enumerate(plan):
@@ -181,23 +225,11 @@ def NextViT(
                     **common,
                 )(x)
             block_index += 1
+        if extra_norms:
+            x = _batch_norm("norm" if s == len(plan) - 1 else extra_norm_name(s))(x)
+        outputs.append(x)
+    return outputs
 
-    x = _batch_norm("norm")(x)
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dense(
-            classes, activation=classifier_activation, name="head_fc", dtype=_head_dtype()
-        )(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-
-    model_inputs = keras.utils.get_source_inputs(input_tensor) if input_tensor is not None else inputs
-    model = keras.Model(model_inputs, x, name=name)
-    if weights is not None:
-        weights_lib.load_weights(model, weights)
-    return model
 
 
 def _head_dtype():
@@ -256,24 +288,6 @@ def _variant_builder(variant, default_name):
 NextViTSmall = _variant_builder("small", "nextvit_small")
 NextViTBase = _variant_builder("base", "nextvit_base")
 NextViTLarge = _variant_builder("large", "nextvit_large")
-
-
-def model_depths(model):
-    """Blocks per stage of a Next-ViT Keras model, read from its layer names."""
-    counts = [0, 0, 0, 0]
-    for layer in model.layers:
-        parts = layer.name.split("_")
-        if len(parts) == 4 and parts[0] == "stages" and parts[2] == "blocks":
-            counts[int(parts[1])] += 1
-    return tuple(counts)
-
-
-def stage_block_names(model):
-    """Names of the last block of each stage of a Next-ViT model."""
-    depths = model_depths(model)
-    if min(depths) < 1:
-        raise ValueError(f"Model {model.name!r} does not look like a Next-ViT (no four stages).")
-    return [block_name(s, depths[s] - 1) for s in range(4)]
 
 
 def feature_extractor(model, name=None):

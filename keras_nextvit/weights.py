@@ -1,13 +1,8 @@
 """PyTorch checkpoints -> Keras variables, and the published presets.
 
-A Next-ViT checkpoint comes in two namings that hold the same tensors in the
-same order:
-
-* timm's: ``stages.{s}.blocks.{b}.…``, ``mlp.fc1``/``fc2``, ``head.fc``;
-* the upstream repository's: ``features.{i}.…`` (blocks numbered across
-  stages), ``mlp.conv1``/``conv2``, ``proj_head.0``.
-
-Both are read from ``.pth`` (PyTorch, ``weights_only=True``),
+A Next-ViT checkpoint comes in three namings (:mod:`keras_nextvit.naming`):
+timm's and the upstream repository's for classifiers, mmsegmentation's for
+the ADE20K segmenters. All are read from ``.pth`` (PyTorch, ``weights_only=True``),
 ``.safetensors`` (no torch needed), ``.npz`` or a mapping of name -> array,
 renamed to timm's naming, checked tensor by tensor against the model, and
 only then assigned: a checkpoint either loads whole or raises an error that
@@ -20,7 +15,6 @@ Layout changes happen here and nowhere else: conv ``[out, in/groups, kh, kw]``
 
 import difflib
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -29,7 +23,23 @@ import numpy as np
 
 from . import presets
 from .layers import EfficientMHSA, _Composite
-from .model import model_depths, torch_prefix
+from .naming import (
+    MMSEG_BACKBONE,
+    checkpoint_depths,
+    internal_to_mmseg,
+    is_mmseg_naming,
+    is_official_naming,
+    is_segmenter,
+    mmseg_backbone_block_count,
+    mmseg_head_kind,
+    mmseg_to_internal,
+    model_depths,
+    official_block_count,
+    official_to_timm,
+    segmenter_module_order,
+    segmenter_prefix,
+    torch_prefix,
+)
 
 CACHE_ENV = "KERAS_NEXTVIT_CACHE"
 
@@ -77,9 +87,15 @@ def _walk(layer, prefix, linear):
 
 def torch_tensors(model):
     """Every tensor of the reference state dict for ``model``, in order:
-    ``(torch_name, kind, keras_variable_or_None)``."""
-    for layer in model.layers:
-        prefix = torch_prefix(layer.name)
+    ``(torch_name, kind, keras_variable_or_None)``. Classifiers use timm's
+    names; segmenters mmseg's, with the backbone in timm's naming."""
+    layers = model.layers
+    prefix_of = torch_prefix
+    if is_segmenter(model):
+        prefix_of = segmenter_prefix
+        layers = sorted(layers, key=lambda layer: segmenter_module_order(layer.name))
+    for layer in layers:
+        prefix = prefix_of(layer.name)
         yield from _walk(layer, prefix, linear=prefix == "head.fc")
 
 
@@ -96,10 +112,13 @@ def _torch_shape(kind, variable):
 
 
 def torch_state_dict_spec(model):
-    """``[(name, shape), ...]`` of the reference PyTorch state dict (timm
-    naming) that matches ``model``; the order is the state-dict order."""
+    """``[(name, shape), ...]`` of the reference PyTorch state dict that
+    matches ``model``, in state-dict order: timm's naming for classifiers,
+    mmseg's for segmenters (without the tensors a segmenter never uses)."""
+    rename = (lambda n: internal_to_mmseg(n, depths)) if is_segmenter(model) else (lambda n: n)
+    depths = model_depths(model)
     return [
-        (name, () if kind == "counter" else _torch_shape(kind, var))
+        (rename(name), () if kind == "counter" else _torch_shape(kind, var))
         for name, kind, var in torch_tensors(model)
     ]
 
@@ -221,53 +240,6 @@ def read_checkpoint(source):
     return _unwrap(state, path)
 
 
-# --------------------------------------------------------------------------
-# Naming
-# --------------------------------------------------------------------------
-
-_TIMM_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.")
-_OFFICIAL_BLOCK = re.compile(r"^features\.(\d+)\.(.*)$")
-
-
-def checkpoint_depths(state):
-    """Blocks per stage found in a timm-named state dict."""
-    blocks = {}
-    for key in state:
-        match = _TIMM_BLOCK.match(key)
-        if match:
-            s, b = int(match[1]), int(match[2])
-            blocks[s] = max(blocks.get(s, -1), b)
-    return tuple(blocks.get(s, -1) + 1 for s in range(4))
-
-
-def is_official_naming(state):
-    return any(key.startswith(("features.", "proj_head.")) for key in state)
-
-
-def official_to_timm(state, depths):
-    """Rename an upstream-repository state dict to timm's naming.
-
-    ``features.{i}`` is the i-th block across all stages; ``depths`` says
-    where stages start. Blocks beyond ``sum(depths)`` keep a name that no
-    model has, so the loader reports them.
-    """
-    starts = np.cumsum((0,) + tuple(depths))
-    out = OrderedDict()
-    for key, value in state.items():
-        new = key
-        match = _OFFICIAL_BLOCK.match(key)
-        if match:
-            index, rest = int(match[1]), match[2]
-            stage = int(np.searchsorted(starts, index, side="right")) - 1
-            if stage < len(depths):
-                new = f"stages.{stage}.blocks.{index - starts[stage]}.{rest}"
-            new = new.replace(".mlp.conv1.", ".mlp.fc1.").replace(".mlp.conv2.", ".mlp.fc2.")
-        elif key.startswith("proj_head.0."):
-            new = "head.fc." + key[len("proj_head.0."):]
-        out[new] = value
-    return out
-
-
 def _variant_of(depths):
     for name, config in presets.VARIANTS.items():
         if tuple(config["depths"]) == tuple(depths):
@@ -275,15 +247,11 @@ def _variant_of(depths):
     return f"depths {tuple(depths)}"
 
 
-def _official_block_count(state):
-    return len({int(m[1]) for m in map(_OFFICIAL_BLOCK.match, state) if m})
-
-
 def _match_variant(state):
     """``(variant or None, what was found)`` for a state dict in either naming:
     the upstream naming tells only the total number of blocks."""
     if is_official_naming(state):
-        total = _official_block_count(state)
+        total = official_block_count(state)
         matches = [n for n, c in presets.VARIANTS.items() if sum(c["depths"]) == total]
         found = f"{total} blocks in all"
     else:
@@ -312,62 +280,208 @@ def _summarise(names, limit=6):
     return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def load_torch_weights(model, source):
-    """Load a PyTorch Next-ViT checkpoint into ``model``.
-
-    Args:
-        model: a model from :func:`keras_nextvit.NextViT` (any head).
-        source: path to a ``.pth``/``.pt``, ``.safetensors`` or ``.npz``
-            file, or a mapping of tensor name -> array, in timm's or the
-            upstream repository's naming.
-
-    A headless model (``include_top=False``) ignores the checkpoint's
-    classifier; a model with a head needs one of the same width. Any missing,
-    unexpected or mis-shaped tensor raises :class:`CheckpointError` naming
-    it, and then nothing is assigned.
-
-    Returns:
-        ``model``.
-    """
-    raw = read_checkpoint(source)
-    depths = model_depths(model)
-    official = is_official_naming(raw)
-    state = official_to_timm(raw, depths) if official else raw
-    state = OrderedDict((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
-
-    expected = [(n, k, v) for n, k, v in torch_tensors(model) if k != "counter"]
-    expected_names = {n for n, _, _ in expected}
-    has_head = any(n.startswith("head.") for n in expected_names)
-    missing = [n for n in expected_names if n not in state]
-    unexpected = [
-        k for k in state if k not in expected_names and not (not has_head and k.startswith("head."))
-    ]
+def _check_names(expected_names, state, ignore, what_model, what_checkpoint):
+    """Raise a CheckpointError listing what is missing and unexpected."""
+    missing = sorted(n for n in expected_names if n not in state)
+    unexpected = [k for k in state if k not in expected_names and not ignore(k)]
     if missing or unexpected:
-        found = _describe(raw)
-        message = [
-            f"Checkpoint does not fit model {model.name!r} ({_variant_of(depths)}); "
-            f"the checkpoint looks like {found}."
-        ]
+        message = [f"Checkpoint does not fit {what_model}; the checkpoint looks like {what_checkpoint}."]
         if missing:
-            message.append(f"Missing from the checkpoint: {_summarise(sorted(missing))}.")
+            message.append(f"Missing from the checkpoint: {_summarise(missing)}.")
         if unexpected:
             message.append(f"Not in the model: {_summarise(unexpected)}.")
         raise CheckpointError(" ".join(message))
 
+
+def _assign_all(expected, state, hint=None):
+    """Convert every tensor (checking shapes), then assign them all: a
+    checkpoint either loads whole or not at all. ``hint(name, array)`` may
+    add advice to a shape error."""
     values = []
     for name, kind, variable in expected:
         try:
             values.append((variable, _to_keras(name, kind, state[name], variable)))
         except CheckpointError as error:
-            if name.startswith("head.fc.weight"):
-                raise CheckpointError(
-                    f"{error} The checkpoint's classifier has {np.shape(state[name])[0]} "
-                    "classes: build the model with that many `classes`, or with "
-                    "include_top=False."
-                ) from None
+            extra = hint(name, state[name]) if hint else None
+            if extra:
+                raise CheckpointError(f"{error} {extra}") from None
             raise
     for variable, value in values:
         variable.assign(value)
+
+
+def _without_counters(state):
+    return OrderedDict((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+
+
+def load_torch_weights(model, source):
+    """Load a PyTorch Next-ViT checkpoint into ``model``.
+
+    Args:
+        model: a model from :func:`keras_nextvit.NextViT` (any head) or a
+            segmenter from :func:`keras_nextvit.NextViTSegmenter`.
+        source: path to a ``.pth``/``.pt``, ``.safetensors`` or ``.npz``
+            file, or a mapping of tensor name -> array: timm's or the
+            upstream repository's naming for classifiers, mmsegmentation's
+            for segmenters (``state_dict`` inside a ``.pth`` is found).
+
+    A headless model (``include_top=False``) ignores the checkpoint's
+    classifier; a model with a head needs one of the same width. A segmenter
+    ignores the tensors it never uses (``backbone.proj_head.*``,
+    ``backbone.extra_norm_list.3.*``, and ``auxiliary_head.*`` when built
+    without it). Any other missing, unexpected or mis-shaped tensor raises
+    :class:`CheckpointError` naming it, and then nothing is assigned.
+
+    Returns:
+        ``model``.
+    """
+    raw = read_checkpoint(source)
+    if is_segmenter(model):
+        return _load_segmenter(model, raw)
+    depths = model_depths(model)
+    if is_mmseg_naming(raw):
+        raise CheckpointError(
+            f"The checkpoint is a segmentation model ({_describe_mmseg(raw)}), and model "
+            f"{model.name!r} is a classifier. Build keras_nextvit.NextViTSegmenter(weights=...) "
+            "to use it, or pass it as backbone_weights= to start a segmenter from its backbone."
+        )
+    state = official_to_timm(raw, depths) if is_official_naming(raw) else raw
+    state = _without_counters(state)
+    expected = [(n, k, v) for n, k, v in torch_tensors(model) if k != "counter"]
+    expected_names = {n for n, _, _ in expected}
+    has_head = any(n.startswith("head.") for n in expected_names)
+    _check_names(
+        expected_names,
+        state,
+        ignore=lambda k: not has_head and k.startswith("head."),
+        what_model=f"model {model.name!r} ({_variant_of(depths)})",
+        what_checkpoint=_describe(raw),
+    )
+
+    def hint(name, array):
+        if name.startswith("head.fc.weight"):
+            return (
+                f"The checkpoint's classifier has {np.shape(array)[0]} classes: build the model "
+                "with that many `classes`, or with include_top=False."
+            )
+        return None
+
+    _assign_all(expected, state, hint)
+    return model
+
+
+# Tensors of a published segmentation checkpoint that the segmenter never
+# uses: the ImageNet classifier and the norm after stage 4 (stage 4 goes
+# through ``backbone.norm`` instead).
+UNUSED_SEGMENTATION_TENSORS = ("backbone.proj_head.", "backbone.extra_norm_list.3.")
+
+HEAD_TITLES = {"fpn": "Semantic FPN", "upernet": "UperNet"}
+
+
+def _describe_mmseg(state):
+    """What a segmentation checkpoint looks like: variant, head, classes."""
+    total = mmseg_backbone_block_count(state)
+    variants = [n for n, c in presets.VARIANTS.items() if sum(c["depths"]) == total]
+    variant = f"Next-ViT-{variants[0][0].upper()}" if variants else f"{total} backbone blocks"
+    head = HEAD_TITLES.get(mmseg_head_kind(state), "an unknown head")
+    seg = state.get("decode_head.conv_seg.weight")
+    classes = "" if seg is None else f", {np.shape(seg)[0]} classes"
+    return f"{variant} + {head}{classes}"
+
+
+def _describe_segmenter(model):
+    kind = "upernet" if "UPerHead" == type(model.get_layer("decode_head")).__name__ else "fpn"
+    depths = model_depths(model)
+    classes = model.get_layer("decode_head").num_classes
+    return f"{_variant_of(depths)} + {HEAD_TITLES[kind]}, {classes} classes"
+
+
+def _load_segmenter(model, raw):
+    depths = model_depths(model)
+    if not is_mmseg_naming(raw):
+        raise CheckpointError(
+            f"The checkpoint is an ImageNet classification checkpoint ({_describe(raw)}), not "
+            f"a segmentation one, and model {model.name!r} is a segmenter. Pass it as "
+            "backbone_weights= (NextViTSegmenter(backbone_weights=...) or "
+            "keras_nextvit.segmentation.load_backbone_weights) to start the backbone from it."
+        )
+    state = _without_counters(mmseg_to_internal(raw, depths))
+    expected = [(n, k, v) for n, k, v in torch_tensors(model) if k != "counter"]
+    expected_names = {n for n, _, _ in expected}
+    has_auxiliary = any(n.startswith("auxiliary_head.") for n in expected_names)
+
+    unused = UNUSED_SEGMENTATION_TENSORS + ("backbone.head.fc.",)  # proj_head.0, renamed
+
+    def ignore(key):
+        return key.startswith(unused) or (
+            not has_auxiliary and key.startswith("auxiliary_head.")
+        )
+
+    _check_names(
+        expected_names,
+        state,
+        ignore,
+        what_model=f"segmenter {model.name!r} ({_describe_segmenter(model)})",
+        what_checkpoint=_describe_mmseg(raw),
+    )
+
+    def hint(name, array):
+        if name.endswith("conv_seg.weight"):
+            return (
+                f"The checkpoint predicts {np.shape(array)[0]} classes: build the segmenter with "
+                "that num_classes (or load its backbone with backbone_weights= and train a new head)."
+            )
+        return None
+
+    _assign_all(expected, state, hint)
+    return model
+
+
+def load_backbone_weights(model, source, cache=None):
+    """Load the backbone of ``model`` (a classifier or a segmenter) from an
+    ImageNet checkpoint: a preset name, a classification checkpoint in timm's
+    or the upstream naming, or a segmentation checkpoint (its backbone).
+
+    The segmentation backbone's extra norms (``extra_norm_list.0-2``) are not
+    in classification checkpoints; they keep their fresh initialisation, as
+    upstream training starts. Everything else of the backbone must be there.
+
+    Returns:
+        ``model``.
+    """
+    if is_preset(source):
+        source = download_preset(source, cache)
+    raw = read_checkpoint(source)
+    depths = model_depths(model)
+    segmenter = is_segmenter(model)
+    prefix_of = segmenter_prefix if segmenter else torch_prefix
+    strip = MMSEG_BACKBONE if segmenter else ""
+    if is_mmseg_naming(raw):
+        inner = mmseg_to_internal(raw, depths)
+        state = OrderedDict(
+            (k[len(MMSEG_BACKBONE):], v) for k, v in inner.items() if k.startswith(MMSEG_BACKBONE)
+        )
+        found = _describe_mmseg(raw)
+    else:
+        state = official_to_timm(raw, depths) if is_official_naming(raw) else raw
+        found = _describe(raw)
+    state = _without_counters(state)
+    expected = []
+    for layer in model.layers:
+        name = layer.name
+        if not (name.startswith(("stem_", "stages_")) or name == "norm"):
+            continue
+        for tensor, kind, variable in _walk(layer, prefix_of(name), linear=False):
+            if kind != "counter":
+                expected.append((tensor[len(strip):], kind, variable))
+    _check_names(
+        {n for n, _, _ in expected},
+        state,
+        ignore=lambda k: k.startswith(("head.", "extra_norm_list.", "proj_head.")),
+        what_model=f"the backbone of {model.name!r} ({_variant_of(depths)})",
+        what_checkpoint=found,
+    )
+    _assign_all(expected, state)
     return model
 
 

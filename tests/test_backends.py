@@ -1,4 +1,5 @@
-"""The parity tests again, on the JAX and PyTorch backends of Keras.
+"""The parity tests (classifier and segmenters) again, on the JAX and PyTorch
+backends of Keras.
 
 Each backend runs in its own process (Keras picks its backend at import).
 """
@@ -22,7 +23,10 @@ def test_parity_on_backend(backend, module):
         pytest.skip(f"{module} is not installed")
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "test_parity.py")],
+        [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            str(HERE / "test_parity.py"), str(HERE / "test_segmentation_parity.py"),
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,29 @@
+"""Semantic segmentation with Next-ViT: Semantic FPN and UperNet.
+
+The upstream repository's ADE20K segmenters (mmsegmentation 0.x), computing
+what the published checkpoints compute::
+
+    model = keras_nextvit.NextViTSegmenter("small", "fpn", weights="fpn_80k_nextvit_small.pth")
+    classes = keras_nextvit.segment(model, image)      # class map at the image's size
+"""
+
+from .fcn_head import FCNHead
+from .fpn import FPN
+from .fpn_head import FPNHead
+from .model import HEADS, PUBLISHED, NextViTSegmenter, segmenter_config, segmenter_features
+from .modules import ConvModule, ResizeLike
+from .uper_head import UPerHead
+
+__all__ = [
+    "ConvModule",
+    "FCNHead",
+    "FPN",
+    "FPNHead",
+    "HEADS",
+    "NextViTSegmenter",
+    "PUBLISHED",
+    "ResizeLike",
+    "UPerHead",
+    "segmenter_config",
+    "segmenter_features",
+]

@@ -1,0 +1,63 @@
+"""The Feature Pyramid Network neck of Semantic FPN (mmseg's ``FPN``).
+
+::
+
+    lateral_i = lateral_convs[i](x_i)                      # 1x1 conv + bias
+    for i = 3, 2, 1:  lateral_{i-1} += nearest(lateral_i, size of lateral_{i-1})
+    out_i     = fpn_convs[i](lateral_i)                    # 3x3 conv + bias
+
+No norm and no activation anywhere; the top-down path uses PyTorch's
+``nearest`` rule (``floor(dst * in / out)``), which matters whenever a level
+is not exactly twice the size of the next one (odd input sizes).
+"""
+
+import keras
+
+from ..layers import _PACKAGE, _Composite
+from .modules import ConvModule
+from .ops import resize_nearest, spatial_size
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FPN(_Composite):
+    """``FPN(in_channels=[96, 256, 512, 1024], out_channels=256, num_outs=4)``:
+    four maps in, four ``out_channels`` maps out at the same strides."""
+
+    def __init__(self, out_channels=256, num_levels=4, **kwargs):
+        super().__init__(**kwargs)
+        self.out_channels = out_channels
+        self.num_levels = num_levels
+        plain = dict(norm=False, activation=False)
+        self.lateral_convs = [
+            ConvModule(out_channels, 1, name=f"lateral_convs_{i}", **plain)
+            for i in range(num_levels)
+        ]
+        self.fpn_convs = [
+            ConvModule(out_channels, 3, name=f"fpn_convs_{i}", **plain) for i in range(num_levels)
+        ]
+
+    def torch_children(self):
+        for i, conv in enumerate(self.lateral_convs):
+            yield f"lateral_convs.{i}", conv
+        for i, conv in enumerate(self.fpn_convs):
+            yield f"fpn_convs.{i}", conv
+
+    def build(self, input_shapes):
+        for shape, lateral, fpn in zip(input_shapes, self.lateral_convs, self.fpn_convs):
+            lateral.build(shape)
+            fpn.build(lateral.compute_output_shape(shape))
+
+    def call(self, inputs):
+        laterals = [conv(x) for conv, x in zip(self.lateral_convs, inputs)]
+        for i in range(self.num_levels - 1, 0, -1):
+            size = spatial_size(laterals[i - 1])
+            laterals[i - 1] = laterals[i - 1] + resize_nearest(laterals[i], size)
+        return [conv(x) for conv, x in zip(self.fpn_convs, laterals)]
+
+    def compute_output_shape(self, input_shapes):
+        return [tuple(shape[:-1]) + (self.out_channels,) for shape in input_shapes]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(out_channels=self.out_channels, num_levels=self.num_levels)
+        return config
