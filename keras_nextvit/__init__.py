@@ -16,7 +16,14 @@ from .model import NextViT, NextViTBase, NextViTLarge, NextViTSmall, feature_ext
 from .preprocessing import decode_predictions, load_image, preprocess_input
 from .presets import PRESETS, VARIANTS
 from .reparam import merge_batchnorm
-from .weights import CheckpointError, get_preset, load_torch_weights, torch_state_dict_spec
+from .segmentation import NextViTSegmenter, segment
+from .weights import (
+    CheckpointError,
+    get_preset,
+    load_backbone_weights,
+    load_torch_weights,
+    torch_state_dict_spec,
+)
 
 __all__ = [
     "CheckpointError",
@@ -30,6 +37,7 @@ __all__ = [
     "NextViT",
     "NextViTBase",
     "NextViTLarge",
+    "NextViTSegmenter",
     "NextViTSmall",
     "PRESETS",
     "PatchEmbed",
@@ -41,9 +49,11 @@ __all__ = [
     "get_preset",
     "load_image",
     "preprocess_input",
+    "load_backbone_weights",
     "load_torch_weights",
     "merge_batchnorm",
     "replace_classifier",
+    "segment",
     "stage_plan",
     "torch_state_dict_spec",
     "unfreeze",

@@ -4,6 +4,8 @@
     keras-nextvit demo                 # build, classify the shipped photo, save, reload
     keras-nextvit convert SRC OUT      # PyTorch checkpoint -> .weights.h5 / .keras
     keras-nextvit export OUT --format tflite --quantize int8 --representative-data DIR
+    keras-nextvit segment IMAGE --weights CKPT --head fpn -o overlay.png
+    keras-nextvit info --segmentation  # the segmenters' parameters and FLOPs at 512x2048
 """
 
 import argparse
@@ -13,9 +15,34 @@ import tempfile
 import time
 
 
+def _info_segmentation():
+    from . import flops
+    from .segmentation.model import PUBLISHED, PUBLISHED_GFLOPS, NextViTSegmenter
+
+    print(f"{'segmenter':<22}{'params':>13}{'GMACs@512x2048':>16}{'no attn':>9}{'paper GFLOPs':>14}"
+          f"{'mIoU 1K / 1K-6M':>18}")
+    for head, title in (("fpn", "Semantic FPN"), ("upernet", "UperNet")):
+        for variant in ("small", "base", "large"):
+            model = NextViTSegmenter(variant, head, input_shape=(512, 2048, 3))
+            params = flops.trainable_parameters(model)
+            macs = flops.count_segmenter_macs(model, (512, 2048)) / 1e9
+            plain = flops.count_segmenter_macs(model, (512, 2048), attention=False) / 1e9
+            miou = f"{PUBLISHED[(head, variant, '1k')]} / {PUBLISHED[(head, variant, '1k6m')]}"
+            label = f"Next-ViT-{variant[0].upper()} {title}"
+            print(f"{label:<22}{params:>13,}{macs:>16.1f}{plain:>9.1f}"
+                  f"{PUBLISHED_GFLOPS[head][variant]:>14}{miou:>18}")
+    print("\nparams: trainable parameters of the inference segmenter (no auxiliary head, no")
+    print("ImageNet classifier); GMACs: convolutions, linear layers and attention products of one")
+    print("512x2048 image ('no attn': without the attention products, the convention of the")
+    print("upstream FLOPs counter); paper: the upstream README.")
+
+
 def _info(args):
     from . import flops, presets
     from .model import NextViT
+
+    if args.segmentation:
+        return _info_segmentation()
 
     print(f"{'variant':<11}{'depths':<16}{'params':>13}{'paper':>8}{'GMACs@224':>11}{'paper':>7}"
           f"{'top-1 224/384 (paper)':>24}")
@@ -126,6 +153,38 @@ def _export(args):
     return 0
 
 
+def _segment(args):
+    import numpy as np
+
+    from .segmentation import NextViTSegmenter, ade20k, segment
+    from .segmentation.inference import read_image
+
+    image = read_image(args.image)  # a bad file fails before the model is built
+    if args.weights is None:
+        print("note: no --weights given; the segmenter is randomly initialised and its classes "
+              "are arbitrary", file=sys.stderr)
+    model = NextViTSegmenter(args.variant, args.head, num_classes=args.num_classes, weights=args.weights)
+    start = time.perf_counter()
+    classes = segment(model, image, mode="slide" if args.slide else "whole")
+    print(f"segmented {os.path.basename(args.image)} ({image.shape[1]}x{image.shape[0]}) in "
+          f"{time.perf_counter() - start:.1f} s:")
+    from .visualize import class_areas, overlay_segmentation
+
+    names = ade20k.CLASSES if args.num_classes == len(ade20k.CLASSES) else None
+    for value, share in class_areas(classes)[:10]:
+        name = names[value] if names else f"class {value}"
+        print(f"  {share:7.2%}  {value:4d}  {name}")
+    if args.output:
+        from PIL import Image
+
+        if args.output.lower().endswith(".npy"):
+            np.save(args.output, classes)
+        else:
+            Image.fromarray(overlay_segmentation(image, classes)).save(args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
 # Every export's quantize modes (tflite.QUANTIZE_MODES, then TensorRT's
 # precisions that TFLite lacks); ``export`` checks them per format.
 QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8", "int8_float_attention")
@@ -136,7 +195,20 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("info", help="variants, parameter and MAC counts vs the paper, presets")
+    info.add_argument("--segmentation", action="store_true",
+                      help="the segmenters (FPN, UperNet): parameters, FLOPs at 512x2048, mIoU")
     info.set_defaults(run=_info)
+
+    seg = commands.add_parser("segment", help="segment an image (ADE20K classes) and save an overlay")
+    seg.add_argument("image", help="image file")
+    seg.add_argument("--weights", help="segmentation checkpoint (.pth from the upstream repository, "
+                     ".safetensors, .weights.h5)")
+    seg.add_argument("--variant", choices=["small", "base", "large"], default="small")
+    seg.add_argument("--head", choices=["fpn", "upernet"], default="fpn")
+    seg.add_argument("--num-classes", type=int, default=150)
+    seg.add_argument("--slide", action="store_true", help="sliding-window inference (512 crops)")
+    seg.add_argument("-o", "--output", help="overlay image to write (.png/.jpg), or .npy for the class map")
+    seg.set_defaults(run=_segment)
 
     demo = commands.add_parser("demo", help="build a model, classify a photo, save and reload it")
     demo.add_argument("--variant", choices=["small", "base", "large"], default="small")

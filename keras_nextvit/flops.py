@@ -111,3 +111,82 @@ def count_macs(model, input_size=224, attention=True):
         _layer_macs(layer, shape, attention)
         for layer, shape in _layers_with_input_shapes(model, input_size)
     )
+
+
+# ------------------------------------------------------------ segmenters
+
+
+def _conv_module_macs(conv, shape):
+    """MACs of a segmentation ConvModule on ``shape`` (batch 1, NHWC)."""
+    return _positions(shape) * shape[-1] * conv.filters * conv.kernel_size**2
+
+
+def _with_channels(shape, channels, grow=1):
+    return (shape[0], shape[1] * grow, shape[2] * grow, channels)
+
+
+def _fpn_neck_macs(neck, shapes):
+    macs = 0
+    for shape, lateral, fpn in zip(shapes, neck.lateral_convs, neck.fpn_convs):
+        macs += _conv_module_macs(lateral, shape)
+        macs += _conv_module_macs(fpn, _with_channels(shape, lateral.filters))
+    return macs, [_with_channels(s, neck.out_channels) for s in shapes]
+
+
+def _decode_head_macs(head, shapes):
+    """MACs of an FPNHead, UPerHead or FCNHead (``shapes``: its inputs)."""
+    from .segmentation import FCNHead, FPNHead, UPerHead
+
+    macs = 0
+    if isinstance(head, FPNHead):
+        for level, (shape, convs) in enumerate(zip(shapes, head.scale_heads)):
+            for conv in convs:
+                macs += _conv_module_macs(conv, shape)
+                shape = _with_channels(shape, conv.filters, 2 if head._upsamples(level) else 1)
+    elif isinstance(head, UPerHead):
+        last = shapes[-1]
+        for scale, conv in zip(head.pool_scales, head.psp_modules):
+            macs += _conv_module_macs(conv, (1, scale, scale, last[-1]))
+        concat = last[-1] + len(head.psp_modules) * head.channels
+        macs += _conv_module_macs(head.bottleneck, _with_channels(last, concat))
+        for shape, lateral, fpn in zip(shapes, head.lateral_convs, head.fpn_convs):
+            macs += _conv_module_macs(lateral, shape)
+            macs += _conv_module_macs(fpn, _with_channels(shape, head.channels))
+        fused = _with_channels(shapes[0], head.num_levels * head.channels)
+        macs += _conv_module_macs(head.fpn_bottleneck, fused)
+    elif isinstance(head, FCNHead):
+        shape = shapes[0]
+        for conv in head.convs:
+            macs += _conv_module_macs(conv, shape)
+            shape = _with_channels(shape, conv.filters)
+    else:
+        raise NotImplementedError(f"MAC counting of {type(head).__name__}.")
+    return macs + _positions(shapes[0]) * head.channels * head.num_classes
+
+
+def count_segmenter_macs(model, input_size=(512, 2048), attention=True, auxiliary=False):
+    """Multiply-accumulates of one image through a segmenter: backbone,
+    neck and decode head (and the auxiliary head with ``auxiliary``);
+    resizing, pooling and additions are not counted, as for the backbone."""
+    names = {layer.name for layer in model.layers}
+    stage_outputs = ["extra_norm_0", "extra_norm_1", "extra_norm_2", "norm"]
+    backbone, shapes = 0, {}
+    for layer, shape in _layers_with_input_shapes(model, input_size):
+        if layer.name in ("neck", "decode_head", "auxiliary_head", "resize"):
+            continue
+        backbone += _layer_macs(layer, shape, attention)
+        if layer.name in stage_outputs:
+            shapes[layer.name] = tuple(shape)
+        if layer.name == "norm":
+            break
+    features = [shapes[n] for n in stage_outputs]
+    macs = backbone
+    if "neck" in names:
+        neck_macs, features_in = _fpn_neck_macs(model.get_layer("neck"), features)
+        macs += neck_macs
+    else:
+        features_in = features
+    macs += _decode_head_macs(model.get_layer("decode_head"), features_in)
+    if auxiliary and "auxiliary_head" in names:
+        macs += _decode_head_macs(model.get_layer("auxiliary_head"), [features[2]])
+    return macs

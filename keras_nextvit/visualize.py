@@ -321,3 +321,53 @@ def plot_class_activation(images, cams, labels=None):
             ax.set_title(str(labels[i]), fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def overlay_segmentation(image, classes, palette=None, alpha=0.5, ignore_index=255):
+    """The image blended with the colours of its class map (uint8 RGB)."""
+    from .segmentation.ade20k import PALETTE, colorize
+
+    image = np.asarray(image)
+    classes = np.asarray(classes)
+    if image.shape[:2] != classes.shape:
+        raise ValueError(
+            f"The class map has shape {classes.shape}, the image {image.shape[:2]}: they must be "
+            "the same size (segment() returns maps at the image's size)."
+        )
+    colours = colorize(classes, PALETTE if palette is None else palette, ignore_index=ignore_index)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def class_areas(classes, ignore_index=255):
+    """``[(class, pixel share), ...]`` of a class map, largest first."""
+    values, counts = np.unique(np.asarray(classes), return_counts=True)
+    keep = values != ignore_index
+    values, counts = values[keep], counts[keep]
+    order = np.argsort(-counts, kind="stable")
+    total = max(int(counts.sum()), 1)
+    return [(int(values[i]), counts[i] / total) for i in order]
+
+
+def plot_segmentation(image, classes, class_names=None, palette=None, alpha=0.5, top=10, title=None):
+    """The image, and its class map overlaid with a legend of the ``top``
+    largest classes (ADE20K's names and colours by default)."""
+    from matplotlib.patches import Patch
+
+    from .segmentation.ade20k import CLASSES, PALETTE
+
+    palette = PALETTE if palette is None else palette
+    names = CLASSES if class_names is None else class_names
+    fig, axes = _figure(1, 2, 4.0)
+    axes[0, 0].imshow(np.asarray(image))
+    axes[0, 0].set_title("image")
+    axes[0, 1].imshow(overlay_segmentation(image, classes, palette, alpha))
+    axes[0, 1].set_title(title or "segmentation")
+    handles = []
+    for value, share in class_areas(classes)[:top]:
+        name = names[value] if value < len(names) else f"class {value}"
+        colour = np.asarray(palette[value % len(palette)]) / 255.0
+        handles.append(Patch(color=colour, label=f"{name} ({share:.0%})"))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    return fig

@@ -7,14 +7,22 @@ what the published checkpoints compute::
     classes = keras_nextvit.segment(model, image)      # class map at the image's size
 """
 
+from . import ade20k, metrics
+from .ade20k import CLASSES, PALETTE
 from .fcn_head import FCNHead
 from .fpn import FPN
 from .fpn_head import FPNHead
 from .model import HEADS, PUBLISHED, NextViTSegmenter, segmenter_config, segmenter_features
+from .inference import segment
+from .metrics import MeanIoU
 from .modules import ConvModule, ResizeLike
 from .uper_head import UPerHead
 
 __all__ = [
+    "CLASSES",
+    "MeanIoU",
+    "PALETTE",
+    "segment",
     "ConvModule",
     "FCNHead",
     "FPN",

@@ -52,9 +52,24 @@ PUBLISHED_GFLOPS = {
 }
 
 
-def _check_arguments(variant, head, num_classes, input_shape):
-    if variant not in presets.VARIANTS:
-        raise ValueError(f"variant must be one of {tuple(presets.VARIANTS)}, got {variant!r}.")
+def _depths(variant):
+    if isinstance(variant, str):
+        if variant not in presets.VARIANTS:
+            raise ValueError(
+                f"variant must be one of {tuple(presets.VARIANTS)} or four stage depths, got {variant!r}."
+            )
+        return tuple(presets.VARIANTS[variant]["depths"])
+    try:
+        depths = tuple(int(d) for d in variant)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"variant must be one of {tuple(presets.VARIANTS)} or four stage depths, got {variant!r}."
+        ) from None
+    stage_plan(depths)  # raises on a depth Next-ViT cannot have
+    return depths
+
+
+def _check_arguments(head, num_classes, input_shape):
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -82,12 +97,14 @@ def NextViTSegmenter(
     auxiliary_head=False,
     drop_path_rate=DROP_PATH_RATE,
     dropout_rate=0.1,
+    channels=None,
     name=None,
 ):
     """Next-ViT + Semantic FPN or UperNet, as the upstream ADE20K segmenters.
 
     Args:
-        variant: ``"small"``, ``"base"`` or ``"large"``.
+        variant: ``"small"``, ``"base"`` or ``"large"``, or four stage
+            depths for a custom (e.g. tiny) backbone such as ``(1, 1, 5, 1)``.
         head: ``"fpn"`` (FPN neck + ``FPNHead``, 80k schedule upstream) or
             ``"upernet"`` (``UPerHead``, 160k).
         num_classes: classes of the decode (and auxiliary) head; ADE20K: 150.
@@ -105,6 +122,9 @@ def NextViTSegmenter(
         drop_path_rate: stochastic depth of the last backbone block (0.2
             upstream for S, B and L).
         dropout_rate: ``Dropout2d`` before each head's classifier.
+        channels: head widths, ``None`` for the published ones: FPN
+            ``(neck, head)`` = ``(256, 128)``; UperNet ``(head, auxiliary)``
+            = ``(512, 256)``. Smaller widths make quick experiments.
         name: model name (default ``nextvit_{variant}_{head}``).
 
     Returns:
@@ -118,30 +138,34 @@ def NextViTSegmenter(
     >>> model.predict(np.zeros((1, 64, 96, 3)), verbose=0).shape
     (1, 64, 96, 4)
     """
-    shape = _check_arguments(variant, head, num_classes, input_shape)
+    shape = _check_arguments(head, num_classes, input_shape)
     if weights is not None and backbone_weights is not None:
         raise ValueError(
             "Pass weights= (a whole segmentation checkpoint) or backbone_weights= (an ImageNet "
             "checkpoint for the backbone), not both."
         )
-    depths = presets.VARIANTS[variant]["depths"]
+    depths = _depths(variant)
+    if channels is None:
+        channels = (256, 128) if head == "fpn" else (512, 256)
+    first, second = (int(c) for c in channels)
     inputs = keras.Input(shape=shape, name="images")
     x = InputCheck(channels=shape[-1], min_size=presets.MIN_INPUT_SIZE, name="input_check")(inputs)
     features = build_stages(
         x, stage_plan(depths), drop_path_rate=drop_path_rate, extra_norms=True
     )
     if head == "fpn":
-        pyramid = FPN(name="neck")(features)
-        logits = FPNHead(num_classes, dropout_rate=dropout_rate, name="decode_head")(pyramid)
+        pyramid = FPN(first, name="neck")(features)
+        logits = FPNHead(num_classes, second, dropout_rate=dropout_rate, name="decode_head")(pyramid)
     else:
-        logits = UPerHead(num_classes, dropout_rate=dropout_rate, name="decode_head")(features)
+        logits = UPerHead(num_classes, first, dropout_rate=dropout_rate, name="decode_head")(features)
     if upsample:
         logits = ResizeLike(name="resize")(logits, inputs)
     outputs = logits
     if auxiliary_head:
-        auxiliary = FCNHead(num_classes, dropout_rate=dropout_rate, name="auxiliary_head")(features[2])
+        auxiliary = FCNHead(num_classes, second if head == "upernet" else 256, dropout_rate=dropout_rate, name="auxiliary_head")(features[2])
         outputs = [logits, auxiliary]
-    model = keras.Model(inputs, outputs, name=name or f"nextvit_{variant}_{head}")
+    tag = variant if isinstance(variant, str) else "custom"
+    model = keras.Model(inputs, outputs, name=name or f"nextvit_{tag}_{head}")
 
     from .. import weights as weights_lib
 
