@@ -51,13 +51,34 @@ def probe(variant, head):
     return model, keras.Model(model.inputs, [*features, decode, *model.outputs])
 
 
+# Trainable parameters of the inference segmenters (no auxiliary head), and
+# UperNet's with it (the issue's figures; the upstream README's 36.3 / 49.3 /
+# 62.4 M and 66.3 / 79.3 / 92.4 M also count the unused ImageNet classifier).
+PARAMETERS = {
+    ("fpn", "small"): 35_227_926,
+    ("fpn", "base"): 48_283_414,
+    ("fpn", "large"): 61_338_902,
+    ("upernet", "small"): 64_039_702,
+    ("upernet", "base"): 77_095_190,
+    ("upernet", "large"): 90_150_678,
+}
+WITH_AUXILIARY = {"small": 65_258_412, "base": 78_313_900, "large": 91_369_388}
+
+
 @pytest.mark.parametrize("head", ["fpn", "upernet"])
 @pytest.mark.parametrize("variant", ["small", "base", "large"])
 def test_state_dict_spec_matches_reference(variant, head):
     """Every tensor the segmenter has, with mmseg's name and shape, in the
     reference's order; what is left over is exactly what the README says a
-    segmenter never uses."""
+    segmenter never uses. And the parameter counts."""
+    from keras_nextvit.flops import trainable_parameters
+
     model = NextViTSegmenter(variant, head, auxiliary_head=head == "upernet")
+    total = trainable_parameters(model)
+    if head == "upernet":
+        assert total == WITH_AUXILIARY[variant]
+        total -= trainable_parameters(model.get_layer("auxiliary_head"))
+    assert total == PARAMETERS[(head, variant)]
     ours = weights.torch_state_dict_spec(model)
     reference = seg_key_spec(head, variant)
     unused = [n for n, _ in reference if n.startswith(weights.UNUSED_SEGMENTATION_TENSORS)]
