@@ -128,12 +128,25 @@ def _export(args):
     from .weights import is_preset
 
     size = args.size
-    model = NextViT(
-        depths=VARIANTS[args.variant]["depths"],
-        input_shape=(size, size, 3),
-        weights=args.weights,
-        name=f"nextvit_{args.variant}",
-    )
+    if args.head:
+        from .segmentation import NextViTSegmenter
+
+        if is_preset(args.weights):
+            raise ValueError(
+                f"--weights {args.weights} is an ImageNet classification preset; a segmenter "
+                "takes a segmentation checkpoint file (.pth from the upstream repository)."
+            )
+        model = NextViTSegmenter(
+            args.variant, args.head, num_classes=args.num_classes,
+            input_shape=(size, size, 3), weights=args.weights,
+        )
+    else:
+        model = NextViT(
+            depths=VARIANTS[args.variant]["depths"],
+            input_shape=(size, size, 3),
+            weights=args.weights,
+            name=f"nextvit_{args.variant}",
+        )
     if args.weights is None:
         print("note: no --weights given; exporting randomly initialised weights", file=sys.stderr)
     elif is_preset(args.weights):
@@ -228,6 +241,9 @@ def build_parser():
     export.add_argument("--variant", choices=["small", "base", "large"], default="small")
     export.add_argument("--weights", help="preset name or checkpoint path")
     export.add_argument("--size", type=int, default=224)
+    export.add_argument("--head", choices=["fpn", "upernet"],
+                        help="export a segmenter (Semantic FPN or UperNet) instead of the classifier")
+    export.add_argument("--num-classes", type=int, default=150, help="segmenter classes (with --head)")
     export.add_argument("--batch-size", type=int, default=1)
     export.add_argument("--dynamic-batch", action="store_true", help="variable batch dimension")
     export.add_argument("--uint8-input", action="store_true", help="SavedModel: uint8 images, normalised in-graph")

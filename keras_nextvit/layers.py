@@ -708,7 +708,10 @@ class ChannelAffine(keras.layers.Layer):
         self.scale = self.add_weight(shape=(channels,), initializer="ones", name="scale")
         self.offset = self.add_weight(shape=(channels,), initializer="zeros", name="offset")
 
-    def call(self, x):
+    def call(self, x, mask=None):
+        # ``mask``: accepted (and unused) so that it can stand in for a
+        # BatchNormalization when a graph is cloned with the BN's call
+        # arguments.
         return x * self.scale + self.offset
 
     def compute_output_shape(self, input_shape):

@@ -114,7 +114,60 @@ def _merge_stem(src, dst):
     _assign(dst.conv, *fold_after(src.conv, _affine(src.norm)))
 
 
+def _merge_conv_module(src, dst):
+    if src.bn is not None:
+        _assign(dst.conv, *fold_after(src.conv, _affine(src.bn)))
+    else:
+        _copy(src.conv, dst.conv)
+
+
+def _merge_head(src, dst):
+    """A segmentation neck or head: every ConvModule, and the classifier."""
+    from .segmentation.modules import ConvModule
+
+    for (attr, a), (_, b) in zip(src.torch_children(), dst.torch_children(), strict=True):
+        if isinstance(a, ConvModule):
+            _merge_conv_module(a, b)
+        else:
+            _copy(a, b)
+
+
 _MERGERS = {ConvBNReLU: _merge_stem, NCB: _merge_ncb, NTB: _merge_ntb}
+
+
+def _merge_segmenter(model, name, input_shape):
+    """merge_batchnorm for a segmenter's graph (branches to the heads)."""
+    from .segmentation.modules import DecodeHead
+
+    shape = model.inputs[0].shape if input_shape is None else (None, *input_shape)
+    inputs = keras.Input(batch_shape=shape, name=model.inputs[0].name)
+
+    def clone(layer):
+        if isinstance(layer, _Composite):
+            return type(layer).from_config({**layer.get_config(), "deploy": True})
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return ChannelAffine(name=layer.name)
+        return type(layer).from_config(layer.get_config())
+
+    merged = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
+    merged.name = name or f"{model.name}_merged"
+    for src in model.layers:
+        if isinstance(src, keras.layers.InputLayer):
+            continue
+        dst = merged.get_layer(src.name)
+        if type(src) in _MERGERS:
+            _MERGERS[type(src)](src, dst)
+        elif isinstance(src, DecodeHead) or src.name == "neck":
+            _merge_head(src, dst)
+        elif isinstance(src, _Composite):
+            raise TypeError(f"No BatchNorm merging for {type(src).__name__} ({src.name}).")
+        elif isinstance(src, keras.layers.BatchNormalization):
+            s, t = _affine(src)
+            dst.scale.assign(s.astype(np.float32))
+            dst.offset.assign(t.astype(np.float32))
+        else:
+            _copy(src, dst)
+    return merged
 
 
 def merge_batchnorm(model, name=None, input_shape=None):
@@ -127,6 +180,10 @@ def merge_batchnorm(model, name=None, input_shape=None):
 
     >>> deployed = keras_nextvit.merge_batchnorm(model)
     """
+    from .naming import is_segmenter
+
+    if is_segmenter(model):
+        return _merge_segmenter(model, name, input_shape)
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     # The final norm folds into the classifier only when nothing else reads
     # its output (a pre-logits output needs it as an affine map).

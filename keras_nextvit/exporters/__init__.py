@@ -169,7 +169,9 @@ def export(
     """Export ``model`` and verify the artifact against it.
 
     Args:
-        model: a Next-ViT Keras model (any head; multi-output models too).
+        model: a Next-ViT Keras model (any head; multi-output models too)
+            or a segmenter (:func:`keras_nextvit.NextViTSegmenter`; the report
+            then counts top-1 agreement per pixel).
         path: output file (``.tflite``, ``.onnx``, ``.plan``) or folder
             (SavedModel, TF-TRT).
         format: ``saved_model``, ``tflite``, ``onnx`` or ``tensorrt``.
@@ -264,7 +266,11 @@ def export(
         out = forward(tf.constant(x))
         return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
 
-    return verify(keras_fn, runner, inputs, names, format, quantize, path)
+    from ..naming import is_segmenter
+
+    return verify(
+        keras_fn, runner, inputs, names, format, quantize, path, per_pixel=is_segmenter(model)
+    )
 
 
 __all__ = ["ExportReport", "FORMATS", "export", "representative_batches"]

@@ -19,7 +19,7 @@ TENSORRT_OPS = frozenset(
     """Add AveragePool Cast Concat Conv Div Flatten Gather GlobalAveragePool
     GlobalMaxPool Identity MatMul Gemm MaxPool Mul Pad ReduceMax ReduceMean
     Relu Reshape Shape Slice Softmax Split Squeeze Sub Transpose Unsqueeze
-    Sqrt Reciprocal ReduceProd ReduceSum ConstantOfShape Expand Range""".split()
+    Sqrt Reciprocal ReduceProd ReduceSum ConstantOfShape Expand Range Resize""".split()
 )
 
 

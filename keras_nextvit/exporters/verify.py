@@ -31,6 +31,7 @@ class OutputCheck:
     cosine: float
     top1_agreement: float | None
     cosine_input_dependent: float | None = None  # needs a batch of two or more
+    per_pixel: bool = False  # top-1 of every pixel (segmentation logits)
 
     @property
     def relative_error(self):
@@ -76,7 +77,8 @@ class ExportReport:
             f"median) {self.latency_ms:.1f} ms vs Keras {self.keras_latency_ms:.1f} ms",
         ]
         for c in self.outputs:
-            top1 = "" if c.top1_agreement is None else f", top-1 agreement {c.top1_agreement:.1%}"
+            kind = "per-pixel top-1" if c.per_pixel else "top-1"
+            top1 = "" if c.top1_agreement is None else f", {kind} agreement {c.top1_agreement:.2%}"
             if c.cosine_input_dependent is not None:
                 top1 = f" (input-dependent part {c.cosine_input_dependent:.4f}){top1}"
             lines.append(
@@ -110,13 +112,15 @@ def _cosine(a, b):
     return float(np.min(num / np.maximum(den, 1e-30)))
 
 
-def compare(name, actual, expected):
+def compare(name, actual, expected, per_pixel=False):
+    """The check of one output. ``per_pixel``: the output is NHWC class
+    scores, and top-1 agreement is counted per pixel."""
     actual = np.asarray(actual, dtype=np.float32)
     expected = np.asarray(expected, dtype=np.float32)
     if actual.shape != expected.shape:
         raise ValueError(f"Output {name!r}: exported shape {actual.shape} != Keras shape {expected.shape}.")
     top1 = None
-    if expected.ndim == 2 and expected.shape[-1] > 1:
+    if (expected.ndim == 2 or per_pixel) and expected.shape[-1] > 1:
         top1 = float(np.mean(np.argmax(actual, -1) == np.argmax(expected, -1)))
     varying = None
     if len(expected) > 1:
@@ -129,6 +133,7 @@ def compare(name, actual, expected):
         cosine=_cosine(actual, expected),
         top1_agreement=top1,
         cosine_input_dependent=varying,
+        per_pixel=bool(per_pixel and top1 is not None),
     )
 
 
@@ -152,15 +157,18 @@ def file_size(path):
     return os.path.getsize(path)
 
 
-def verify(keras_fn, runner, inputs, output_names, fmt, quantize, path, repeats=5):
+def verify(keras_fn, runner, inputs, output_names, fmt, quantize, path, repeats=5, per_pixel=False):
     """Run ``runner`` and ``keras_fn`` on ``inputs`` and report.
 
     ``keras_fn`` and ``runner`` map an NHWC float batch to a list of arrays
-    in ``output_names`` order.
+    in ``output_names`` order. ``per_pixel``: the outputs are segmentation
+    logits (top-1 agreement per pixel).
     """
     expected = keras_fn(inputs)
     actual = runner(inputs)
-    checks = [compare(n, a, e) for n, a, e in zip(output_names, actual, expected, strict=True)]
+    checks = [
+        compare(n, a, e, per_pixel) for n, a, e in zip(output_names, actual, expected, strict=True)
+    ]
     one = inputs[:1]
     return ExportReport(
         format=fmt,

@@ -29,11 +29,11 @@ class FPN(_Composite):
         self.num_levels = num_levels
         plain = dict(norm=False, activation=False)
         self.lateral_convs = [
-            ConvModule(out_channels, 1, name=f"lateral_convs_{i}", **plain)
+            ConvModule(out_channels, 1, deploy=self.deploy, name=f"lateral_convs_{i}", **plain)
             for i in range(num_levels)
         ]
         self.fpn_convs = [
-            ConvModule(out_channels, 3, name=f"fpn_convs_{i}", **plain) for i in range(num_levels)
+            ConvModule(out_channels, 3, deploy=self.deploy, name=f"fpn_convs_{i}", **plain) for i in range(num_levels)
         ]
 
     def torch_children(self):

@@ -682,7 +682,14 @@ def train(
 
         base._on_every_worker(save, output_dir)  # saved uncompiled
         metrics = {}
-        if val_pairs is not None:
+        if val_pairs is not None and history.get("val_loss"):
+            # The last validation pass scored these very weights.
+            prefix = f"val_{DECODE}_" if auxiliary else "val_"
+            metrics = {
+                "loss": history[prefix + "loss"][-1],
+                "mean_iou": history[prefix + "mean_iou"][-1],
+            }
+        elif val_pairs is not None:  # nothing left to train: score the saved model
             with context:
                 compile_segmenter(final, "sgd", num_classes, 0.0, aug.ignore_index,
                                   recipe.avg_non_ignore, jit_compile=jit_compile)

@@ -30,11 +30,11 @@ class UPerHead(DecodeHead):
         self.pool_scales = tuple(int(s) for s in pool_scales)
         self.num_levels = num_levels
         # mmseg's PPM is a list of Sequential(AdaptiveAvgPool2d, ConvModule).
-        self.psp_modules = [ConvModule(channels, 1, name=f"psp_modules_{j}") for j in range(len(self.pool_scales))]
-        self.bottleneck = ConvModule(channels, 3, name="bottleneck")
-        self.lateral_convs = [ConvModule(channels, 1, name=f"lateral_convs_{i}") for i in range(num_levels - 1)]
-        self.fpn_convs = [ConvModule(channels, 3, name=f"fpn_convs_{i}") for i in range(num_levels - 1)]
-        self.fpn_bottleneck = ConvModule(channels, 3, name="fpn_bottleneck")
+        self.psp_modules = [ConvModule(channels, 1, deploy=self.deploy, name=f"psp_modules_{j}") for j in range(len(self.pool_scales))]
+        self.bottleneck = ConvModule(channels, 3, deploy=self.deploy, name="bottleneck")
+        self.lateral_convs = [ConvModule(channels, 1, deploy=self.deploy, name=f"lateral_convs_{i}") for i in range(num_levels - 1)]
+        self.fpn_convs = [ConvModule(channels, 3, deploy=self.deploy, name=f"fpn_convs_{i}") for i in range(num_levels - 1)]
+        self.fpn_bottleneck = ConvModule(channels, 3, deploy=self.deploy, name="fpn_bottleneck")
 
     def head_children(self):
         for j, conv in enumerate(self.psp_modules):
