@@ -115,7 +115,7 @@ def _demo(args):
 
 
 def _convert(args):
-    from .weights import convert_checkpoint
+    from .model import convert_checkpoint
 
     model = convert_checkpoint(args.source, args.output, args.variant, args.input_size)
     print(f"wrote {args.output}: {model.name}, {model.output_shape[-1]} outputs")

@@ -301,3 +301,36 @@ def feature_extractor(model, name=None):
     """
     outputs = [model.get_layer(n).output for n in stage_block_names(model)]
     return keras.Model(model.inputs, outputs, name=name or f"{model.name}_features")
+
+
+def convert_checkpoint(source, output, variant=None, input_size=None):
+    """Convert a PyTorch checkpoint to a Keras ``.weights.h5`` (or ``.keras``).
+
+    Returns the Keras model the weights were loaded into (a builder: it
+    builds the model the checkpoint describes, then loads it).
+    """
+    import os
+
+    from .weights import CheckpointError, infer_variant, load_torch_weights, read_checkpoint
+
+    state = read_checkpoint(source)
+    found, classes = infer_variant(state)
+    if variant is not None and variant != found:
+        raise CheckpointError(f"{source} holds Next-ViT-{found[0].upper()}, not {variant!r}.")
+    shape = (input_size, input_size, 3) if input_size else (None, None, 3)
+    model = NextViT(
+        depths=presets.VARIANTS[found]["depths"],
+        include_top=classes is not None,
+        classes=classes or 1000,
+        input_shape=shape,
+        name=f"nextvit_{found}",
+    )
+    load_torch_weights(model, state)
+    output = os.fspath(output)
+    if output.endswith(".keras"):
+        model.save(output)
+    elif output.endswith(".weights.h5"):
+        model.save_weights(output)
+    else:
+        raise ValueError(f"Output must end in .weights.h5 or .keras, got {output!r}.")
+    return model

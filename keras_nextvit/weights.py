@@ -573,33 +573,3 @@ def infer_variant(state):
         raise CheckpointError(f"Checkpoint matches no Next-ViT variant ({found}).")
     head = state.get("head.fc.weight", state.get("proj_head.0.weight"))
     return variant, (None if head is None else int(np.shape(head)[0]))
-
-
-def convert_checkpoint(source, output, variant=None, input_size=None):
-    """Convert a PyTorch checkpoint to a Keras ``.weights.h5`` (or ``.keras``).
-
-    Returns the Keras model the weights were loaded into.
-    """
-    from .model import NextViT
-
-    state = read_checkpoint(source)
-    found, classes = infer_variant(state)
-    if variant is not None and variant != found:
-        raise CheckpointError(f"{source} holds Next-ViT-{found[0].upper()}, not {variant!r}.")
-    shape = (input_size, input_size, 3) if input_size else (None, None, 3)
-    model = NextViT(
-        depths=presets.VARIANTS[found]["depths"],
-        include_top=classes is not None,
-        classes=classes or 1000,
-        input_shape=shape,
-        name=f"nextvit_{found}",
-    )
-    load_torch_weights(model, state)
-    output = os.fspath(output)
-    if output.endswith(".keras"):
-        model.save(output)
-    elif output.endswith(".weights.h5"):
-        model.save_weights(output)
-    else:
-        raise ValueError(f"Output must end in .weights.h5 or .keras, got {output!r}.")
-    return model

@@ -273,3 +273,23 @@ def test_info_segmentation_prints_sizes_and_flops(capsys):
     for count in ("35,227,926", "48,283,414", "61,338,902", "64,039,702", "77,095,190", "90,150,678"):
         assert count in out
     assert "207.6" in out and "967.8" in out  # GMACs without attention products; paper: 208, 968
+
+
+def test_imports_run_one_way():
+    """Builders -> loader -> naming: naming imports nothing of the package,
+    the loader imports no builder."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(keras_nextvit.__file__).parent
+
+    def package_imports(path):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                found.add(node.module or "")
+        return found
+
+    assert package_imports(package / "naming.py") == set()
+    loader = package_imports(package / "weights.py")
+    assert not loader & {"model", "segmentation", "segmentation.model"}, loader

@@ -248,4 +248,4 @@ def test_convert_tool(reference, tmp_path, naming, x):
 
 def test_convert_rejects_wrong_variant(tmp_path):
     with pytest.raises(CheckpointError, match="holds Next-ViT-S, not 'base'"):
-        weights.convert_checkpoint(synthetic_checkpoint("small"), tmp_path / "x.weights.h5", variant="base")
+        keras_nextvit.model.convert_checkpoint(synthetic_checkpoint("small"), tmp_path / "x.weights.h5", variant="base")

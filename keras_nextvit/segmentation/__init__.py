@@ -13,7 +13,7 @@ from .fcn_head import FCNHead
 from .fpn import FPN
 from .fpn_head import FPNHead
 from .model import HEADS, PUBLISHED, NextViTSegmenter, segmenter_config, segmenter_features
-from .inference import segment
+from .inference import read_image, segment
 from .metrics import MeanIoU
 from .modules import ConvModule, ResizeLike
 from .uper_head import UPerHead
@@ -22,6 +22,7 @@ __all__ = [
     "CLASSES",
     "MeanIoU",
     "PALETTE",
+    "read_image",
     "segment",
     "ConvModule",
     "FCNHead",
