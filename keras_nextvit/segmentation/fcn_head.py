@@ -18,7 +18,9 @@ class FCNHead(DecodeHead):
     def __init__(self, num_classes=150, channels=256, num_convs=1, **kwargs):
         super().__init__(num_classes, channels, **kwargs)
         self.num_convs = num_convs
-        self.convs = [ConvModule(channels, 3, deploy=self.deploy, name=f"convs_{i}") for i in range(num_convs)]
+        self.convs = [
+            ConvModule(channels, 3, deploy=self.deploy, name=f"convs_{i}") for i in range(num_convs)
+        ]
 
     def head_children(self):
         for i, conv in enumerate(self.convs):

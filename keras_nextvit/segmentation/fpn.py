@@ -27,14 +27,14 @@ class FPN(_Composite):
         super().__init__(**kwargs)
         self.out_channels = out_channels
         self.num_levels = num_levels
-        plain = dict(norm=False, activation=False)
-        self.lateral_convs = [
-            ConvModule(out_channels, 1, deploy=self.deploy, name=f"lateral_convs_{i}", **plain)
-            for i in range(num_levels)
-        ]
-        self.fpn_convs = [
-            ConvModule(out_channels, 3, deploy=self.deploy, name=f"fpn_convs_{i}", **plain) for i in range(num_levels)
-        ]
+
+        def conv(kernel_size, name):  # a plain conv with bias: no norm, no activation
+            return ConvModule(
+                out_channels, kernel_size, norm=False, activation=False, deploy=self.deploy, name=name
+            )
+
+        self.lateral_convs = [conv(1, f"lateral_convs_{i}") for i in range(num_levels)]
+        self.fpn_convs = [conv(3, f"fpn_convs_{i}") for i in range(num_levels)]
 
     def torch_children(self):
         for i, conv in enumerate(self.lateral_convs):

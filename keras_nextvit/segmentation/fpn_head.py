@@ -32,7 +32,10 @@ class FPNHead(DecodeHead):
         for i, stride in enumerate(self.feature_strides):
             length = max(1, int(math.log2(stride) - base))
             self.scale_heads.append(
-                [ConvModule(channels, 3, deploy=self.deploy, name=f"scale_heads_{i}_{k}") for k in range(length)]
+                [
+                    ConvModule(channels, 3, deploy=self.deploy, name=f"scale_heads_{i}_{k}")
+                    for k in range(length)
+                ]
             )
 
     def head_children(self):

@@ -162,7 +162,10 @@ def NextViTSegmenter(
         logits = ResizeLike(name="resize")(logits, inputs)
     outputs = logits
     if auxiliary_head:
-        auxiliary = FCNHead(num_classes, second if head == "upernet" else 256, dropout_rate=dropout_rate, name="auxiliary_head")(features[2])
+        auxiliary_channels = second if head == "upernet" else 256
+        auxiliary = FCNHead(
+            num_classes, auxiliary_channels, dropout_rate=dropout_rate, name="auxiliary_head"
+        )(features[2])
         outputs = [logits, auxiliary]
     tag = variant if isinstance(variant, str) else "custom"
     model = keras.Model(inputs, outputs, name=name or f"nextvit_{tag}_{head}")

@@ -25,16 +25,22 @@ from .ops import adaptive_avg_pool, resize_bilinear, spatial_size
 class UPerHead(DecodeHead):
     """``UPerHead(pool_scales=(1, 2, 3, 6), channels=512)`` on four maps."""
 
-    def __init__(self, num_classes=150, channels=512, pool_scales=(1, 2, 3, 6), num_levels=4, **kwargs):
+    def __init__(
+        self, num_classes=150, channels=512, pool_scales=(1, 2, 3, 6), num_levels=4, **kwargs
+    ):
         super().__init__(num_classes, channels, **kwargs)
         self.pool_scales = tuple(int(s) for s in pool_scales)
         self.num_levels = num_levels
+
+        def conv(kernel_size, name):
+            return ConvModule(channels, kernel_size, deploy=self.deploy, name=name)
+
         # mmseg's PPM is a list of Sequential(AdaptiveAvgPool2d, ConvModule).
-        self.psp_modules = [ConvModule(channels, 1, deploy=self.deploy, name=f"psp_modules_{j}") for j in range(len(self.pool_scales))]
-        self.bottleneck = ConvModule(channels, 3, deploy=self.deploy, name="bottleneck")
-        self.lateral_convs = [ConvModule(channels, 1, deploy=self.deploy, name=f"lateral_convs_{i}") for i in range(num_levels - 1)]
-        self.fpn_convs = [ConvModule(channels, 3, deploy=self.deploy, name=f"fpn_convs_{i}") for i in range(num_levels - 1)]
-        self.fpn_bottleneck = ConvModule(channels, 3, deploy=self.deploy, name="fpn_bottleneck")
+        self.psp_modules = [conv(1, f"psp_modules_{j}") for j in range(len(self.pool_scales))]
+        self.bottleneck = conv(3, "bottleneck")
+        self.lateral_convs = [conv(1, f"lateral_convs_{i}") for i in range(num_levels - 1)]
+        self.fpn_convs = [conv(3, f"fpn_convs_{i}") for i in range(num_levels - 1)]
+        self.fpn_bottleneck = conv(3, "fpn_bottleneck")
 
     def head_children(self):
         for j, conv in enumerate(self.psp_modules):
