@@ -4,6 +4,8 @@
     python tools/benchmark.py                         # everything, Next-ViT-S, 224, batch 1 and 8
     python tools/benchmark.py --only keras --batch 1  # the Keras rows only (issue #2's bar)
     python tools/benchmark.py --variant base --size 384
+    python tools/benchmark.py --task segmentation --head fpn --size 512      # the segmenters,
+    python tools/benchmark.py --task segmentation --head upernet --size 512  # batch 1
 
 Every row runs in a process of its own (fresh threads, caches, allocator),
 warms up, then reports the median (and min) of repeated runs:
@@ -21,6 +23,25 @@ torch     the PyTorch reference (tools/torch_reference.py) in eager mode,
 Bars: issue #2, best Keras row <= 0.75 x torch eager; issue #3, our ONNX
 and TFLite fp32 within 10% of torch->ONNX in ONNX Runtime, our int8
 TFLite at most half of it. The table prints the ratios.
+
+``--task segmentation`` times the segmenter ``NextViTSegmenter(--variant,
+--head)`` (Semantic FPN or UperNet, 150 classes, logits at the input size)
+instead, batch 1 and 512x512 unless --batch / --size say otherwise:
+
+keras     tf.function with XLA (``jit_compile=True``) of the segmenter built
+          for the fixed input_shape=(size, size, 3) (the form the exports
+          take, with TensorFlow's native bilinear resize)
+exports   TFLite fp32 and fp16 (XNNPACK; the fp16 file also with float16
+          arithmetic) and ONNX Runtime (our tf2onnx export), all made by
+          ``keras_nextvit.export`` (BatchNorm merged, fixed batch and size)
+torch     the PyTorch reference segmenter
+          (tools/torch_reference_segmentation.py) eagerly, and exported by its
+          ``export_onnx`` (torch.onnx) in ONNX Runtime (an exports row)
+
+Artifacts are named by task, head, variant and size
+(``seg_{head}_nextvit_{variant}_{size}_b{batch}_*``). Bar: our best float
+export (TFLite fp32 or our ONNX) <= 1.10 x torch->ONNX in ONNX Runtime;
+every row also prints its ratio to torch->ONNX ORT and to torch eager.
 """
 
 import argparse
@@ -29,6 +50,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -47,13 +69,31 @@ def _images(batch, size):
     return np.random.default_rng(0).uniform(-2, 2, (batch, size, size, 3)).astype("float32")
 
 
-def _keras_model(variant, size):
+def _keras_model(args):
+    """The classifier, or for ``--task segmentation`` the segmenter, built
+    for a fixed ``--size`` (random weights: latency only)."""
     import keras_nextvit
     from keras_nextvit.presets import VARIANTS
 
+    size = args.size
+    if args.task == "segmentation":
+        return keras_nextvit.NextViTSegmenter(args.variant, args.head, input_shape=(size, size, 3))
     return keras_nextvit.NextViT(
-        depths=VARIANTS[variant]["depths"], input_shape=(size, size, 3), name=variant
+        depths=VARIANTS[args.variant]["depths"], input_shape=(size, size, 3), name=args.variant
     )
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------ workers
@@ -65,7 +105,7 @@ def work_keras(args, mode):
 
     import keras_nextvit
 
-    model = _keras_model(args.variant, args.size)
+    model = _keras_model(args)
     if mode == "int8":
         model = keras_nextvit.merge_batchnorm(model)
         model.quantize("int8")
@@ -78,11 +118,12 @@ def work_export(args, fmt, quantize, path):
     """Build one artifact with a fixed batch size (not timed)."""
     import keras_nextvit
 
-    model = _keras_model(args.variant, args.size)
+    model = _keras_model(args)
     calibration = [_images(1, args.size) for _ in range(8)] if quantize.startswith("int8") else None
+    fixed = {"input_size": (args.size, args.size)} if args.task == "segmentation" else {}
     keras_nextvit.export(
         model, path, format=fmt, quantize=quantize, representative_data=calibration,
-        batch_size=args.batch[0], verify_export=False,
+        batch_size=args.batch[0], verify_export=False, **fixed,
     )
     return {"size_mb": os.path.getsize(path) / 2**20}
 
@@ -93,7 +134,7 @@ def work_export_tflite_whole_mlps(args, path):
     import keras_nextvit
     from keras_nextvit.exporters import tflite
 
-    model = keras_nextvit.merge_batchnorm(_keras_model(args.variant, args.size))
+    model = keras_nextvit.merge_batchnorm(_keras_model(args))
     with open(path, "wb") as f:
         f.write(tflite.convert(model, "none", batch_size=args.batch[0], mlp_chunk_bytes=None))
     return {"size_mb": os.path.getsize(path) / 2**20}
@@ -103,6 +144,8 @@ def work_tflite(args, path):
     from keras_nextvit.exporters.tflite import TFLiteRunner
 
     runner = TFLiteRunner(path, ["logits"])
+    if args.task == "segmentation":  # the segmenter's own output names
+        runner.names = list(runner.output_details)
     return _median_ms(runner, _images(args.batch[0], args.size), args.warmup, args.repeats)
 
 
@@ -162,6 +205,13 @@ def work_onnx(args, path):
 
 def work_torch_onnx_export(args, path):
     import torch
+
+    if args.task == "segmentation":
+        import torch_reference_segmentation as seg
+
+        model = seg.load_synthetic(seg.build_segmenter(args.variant, args.head))
+        seg.export_onnx(model, path, args.size, args.batch[0])  # fixed batch and size, as ours
+        return {"size_mb": os.path.getsize(path) / 2**20}
     import torch_reference
 
     model = torch_reference.build(args.variant)
@@ -175,6 +225,13 @@ def work_torch_onnx_export(args, path):
 
 def work_torch_eager(args):
     sys.path.insert(0, HERE)
+    if args.task == "segmentation":
+        import torch_reference_segmentation
+
+        median, times = torch_reference_segmentation.benchmark(
+            args.variant, args.head, args.size, args.batch[0], args.warmup, args.repeats
+        )
+        return {"median_ms": median, "min_ms": min(times)}
     import torch_reference
 
     median, times = torch_reference.benchmark(
@@ -212,6 +269,7 @@ def run_worker(args, batch, name, *params):
         sys.executable, os.path.abspath(__file__), "--worker", name, *map(str, params), "--",
         "--variant", args.variant, "--size", str(args.size), "--batch", str(batch),
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+        "--task", args.task, "--head", args.head,
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
     env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
@@ -229,6 +287,15 @@ def build_artifacts(args, batch):
     converters fold every shape computation away)."""
     os.makedirs(args.artifacts, exist_ok=True)
     name = f"nextvit_{args.variant}_{args.size}_b{batch}"
+    if args.task == "segmentation":
+        name = f"seg_{args.head}_{name}"
+        plan = {
+            "tflite fp32": ("export", "tflite", "none", f"{name}_fp32.tflite"),
+            "tflite fp16": ("export", "tflite", "float16", f"{name}_fp16.tflite"),
+            "onnx (ours) ORT": ("export", "onnx", "none", f"{name}.onnx"),
+            "torch->onnx ORT": ("torch-onnx-export", f"{name}_torch.onnx"),
+        }
+        return _build(args, batch, plan)
     plan = {
         "tflite fp32": ("export", "tflite", "none", f"{name}_fp32.tflite"),
         "tflite fp32, whole MLPs": ("export-tflite-whole-mlps", f"{name}_fp32_whole_mlps.tflite"),
@@ -240,16 +307,24 @@ def build_artifacts(args, batch):
         "onnx (ours) ORT": ("export", "onnx", "none", f"{name}.onnx"),
         "torch->onnx ORT": ("torch-onnx-export", f"{name}_torch.onnx"),
     }
+    return _build(args, batch, plan)
+
+
+def _build(args, batch, plan):
+    """Build every artifact of ``plan`` (row -> worker, params, file name)
+    that is not there yet; returns row -> path of those that exist."""
     artifacts = {}
     for row, (worker, *params) in plan.items():
         path = os.path.join(args.artifacts, params[-1])
         params[-1] = path
         if not os.path.exists(path) or args.rebuild:
             print(f"building {path} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
             result = run_worker(args, batch, worker, *params)
             if "error" in result:
                 print(f"  failed: {result['error']}", file=sys.stderr)
                 continue
+            print(f"  built in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         artifacts[row] = path
     return artifacts
 
@@ -269,7 +344,9 @@ def main(argv=None):
     for batch in args.batch:
         artifacts = build_artifacts(args, batch) if "exports" in groups else {}
         plan = {}  # row -> worker and its parameters
-        if "keras" in groups:
+        if "keras" in groups and args.task == "segmentation":
+            plan["keras XLA"] = ("keras", "xla")
+        elif "keras" in groups:
             plan["keras tf.function"] = ("keras", "function")
             plan["keras XLA"] = ("keras", "xla")
             plan["keras int8 (quantize) XLA"] = ("keras", "int8")
@@ -291,23 +368,39 @@ def main(argv=None):
             rows[row]["size_mb"] = os.path.getsize(path) / 2**20
         table.append((batch, rows))
 
-    print(f"\nNext-ViT-{args.variant[0].upper()} {args.size}x{args.size}, {os.cpu_count()} CPUs; "
+    segmentation = args.task == "segmentation"
+    model = f"Next-ViT-{args.variant[0].upper()}"
+    if segmentation:
+        model += {"fpn": " + Semantic FPN", "upernet": " + UperNet"}[args.head] + " segmenter"
+    print(f"\n{model} {args.size}x{args.size}, {_cpu_model()}, {os.cpu_count()} CPUs; "
           f"median and min of {args.repeats} runs after {args.warmup} warm-up runs, one process each"
           + (f"; median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
-    print(f"{'batch':>5}  {'configuration':<30}{'median ms':>10}{'min ms':>9}{'ms/image':>10}{'size MiB':>10}")
+    print(f"{'batch':>5}  {'configuration':<30}{'median ms':>10}{'min ms':>9}{'ms/image':>10}{'size MiB':>10}"
+          + (f"{'/ t->onnx':>11}{'/ eager':>9}" if segmentation else ""))
     for batch, rows in table:
+        ref, eager = _ms(rows, "torch->onnx ORT"), _ms(rows, "torch eager (reference)")
         for name, r in rows.items():
             if "error" in r:
                 print(f"{batch:>5}  {name:<30}  failed: {r['error']}")
                 continue
             size = f"{r['size_mb']:>10.1f}" if "size_mb" in r else ""
+            ratios = ""
+            if segmentation:
+                size = size or " " * 10
+                ratios = "".join(
+                    f"{r['median_ms'] / base:>{w}.2f}" if base else f"{'-':>{w}}"
+                    for base, w in ((ref, 11), (eager, 9))
+                )
             cosine = r.get("cosine_vs_fp32_arithmetic")
             print(f"{batch:>5}  {name:<30}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
-                  f"{r['median_ms'] / batch:>10.1f}{size}"
+                  f"{r['median_ms'] / batch:>10.1f}{size}{ratios}"
                   + (f"  (logits cosine {cosine:.5f} vs float32 arithmetic)" if cosine else ""))
-        report_bars(batch, rows)
+        if segmentation:
+            report_segmentation_bar(batch, rows)
+        else:
+            report_bars(batch, rows)
 
-    if "keras" in groups:
+    if "keras" in groups and not segmentation:
         from keras_nextvit.presets import PAPER
 
         peak = run_worker(args, 1, "peak")
@@ -357,11 +450,27 @@ def report_bars(batch, rows):
                       f"({'meets' if ratio <= limit else 'misses'} {label})")
 
 
+def report_segmentation_bar(batch, rows):
+    """Our best float export / torch->ONNX in ONNX Runtime <= 1.10."""
+    ref = _ms(rows, "torch->onnx ORT")
+    ours = [(ms, name) for name in ("tflite fp32", "onnx (ours) ORT") if (ms := _ms(rows, name))]
+    if ref and ours:
+        ms, name = min(ours)
+        ratio = ms / ref
+        print(f"{batch:>5}  bar: best float export ({name}) / torch->onnx ORT = {ratio:.2f} "
+              f"({'meets' if ratio <= 1.10 else 'misses'} <= 1.10)")
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="classification",
+                        choices=["classification", "segmentation"])
+    parser.add_argument("--head", default="fpn", choices=["fpn", "upernet"],
+                        help="the segmenter's head (--task segmentation)")
     parser.add_argument("--variant", default="small", choices=["small", "base", "large"])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--size", type=int, help="image size (default: 224; segmentation 512)")
+    parser.add_argument("--batch", type=int, nargs="+",
+                        help="batch sizes (default: 1 8; segmentation 1)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=1,
@@ -370,7 +479,13 @@ def parse(argv):
     parser.add_argument("--artifacts", default=os.path.join(ROOT, "out", "benchmark"),
                         help="where exported models are built and kept")
     parser.add_argument("--rebuild", action="store_true", help="re-export the artifacts")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    segmentation = args.task == "segmentation"
+    if args.size is None:
+        args.size = 512 if segmentation else 224
+    if args.batch is None:
+        args.batch = [1] if segmentation else [1, 8]
+    return args
 
 
 if __name__ == "__main__":
