@@ -7,7 +7,7 @@ what the published checkpoints compute::
     classes = keras_nextvit.segment(model, image)      # class map at the image's size
 """
 
-from . import ade20k, metrics
+from . import ade20k, data, metrics, training
 from .ade20k import CLASSES, PALETTE
 from .fcn_head import FCNHead
 from .fpn import FPN

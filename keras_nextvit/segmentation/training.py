@@ -1,23 +1,29 @@
 """Training Next-ViT segmenters (Semantic FPN, UperNet) with Keras' ``fit``.
 
-The defaults are the upstream recipes (mmsegmentation 0.x configs of the
-Next-ViT repository), one :class:`SegmentationRecipe` each:
+The defaults are the upstream recipes (the mmsegmentation 0.x configs of
+bytedance/Next-ViT, ``segmentation/configs/``), one
+:class:`SegmentationRecipe` each:
 
 * ``RECIPES["fpn"]`` (``fpn_512_nextvit_*_80k``): AdamW, learning rate 1e-4,
   weight decay 1e-4 on every parameter, no gradient clipping, poly decay
   (power 0.9) per iteration to 1e-6, 80k iterations of batch 16 (mmseg's
-  4 GPUs x 4 images). Upstream ran the same schedule as 40k iterations of
-  batch 32 (8 GPUs x 4) at twice the learning rate; these are the per-image
-  equivalents at batch 16.
+  80k schedule on 4 GPUs x 4, which the config's name gives). Upstream itself
+  ran 40k iterations of batch 32 (8 GPUs x 4) at the same learning rate, the
+  same number of images: pass ``iterations=40000, batch_size=32`` for that.
 * ``RECIPES["upernet"]`` (``upernet_512_nextvit_*_160k``): AdamW, learning
-  rate 6e-5, betas (0.9, 0.999), weight decay 0.01 except on norms (and
-  here biases too: every parameter of rank <= 1, as the classifier trainer),
-  linear warm-up over 1500 iterations from 1e-6 of the rate, then poly decay
-  (power 1.0) to 0, 160k iterations of batch 16; the auxiliary ``FCNHead``
-  on stage 3 adds its loss with weight 0.4.
+  rate 6e-5, betas (0.9, 0.999), weight decay 0.01 except on the
+  normalisation layers' scales and offsets (upstream's ``bn`` / ``norm``
+  ``decay_mult=0``; biases are decayed), linear warm-up over 1500 iterations
+  from 1e-6 of the rate, then poly decay (power 1.0) to 0, 160k iterations
+  of batch 16 (8 GPUs x 2); the auxiliary ``FCNHead`` on stage 3 adds its
+  loss with weight 0.4.
 
-Both use mmseg's ADE20K 512x512 augmentation (:mod:`.data`), cross-entropy
-that ignores label 255, and stochastic depth 0.2 in the backbone.
+Both use mmseg's ADE20K 512x512 augmentation (:mod:`.data`), stochastic
+depth 0.2 in the backbone, synchronised BatchNorm across replicas, and
+mmseg 0.x's cross-entropy: 255 ignored, the sum over the labelled pixels
+divided by all pixels of the batch (``avg_non_ignore=False``, mmseg's
+default; :class:`SegmentationCrossEntropy` itself defaults to dividing by
+the labelled pixels).
 
 The pieces:
 
@@ -63,6 +69,7 @@ __all__ = [
     "get_recipe",
     "infer_num_classes",
     "inference_model",
+    "norm_variables",
     "train",
     "validation_dataset",
 ]
@@ -78,13 +85,13 @@ class SegmentationRecipe:
 
     ``learning_rate`` is for ``batch_size`` images per step; it is not
     rescaled when another batch size is used (mmseg does not either).
-    ``decay_norms_and_biases=False`` excludes every parameter of rank <= 1
-    (BatchNorm/LayerNorm scales and offsets, biases) from weight decay.
+    ``decay_norms=False`` excludes the scales and offsets of every
+    normalisation layer from weight decay (see :func:`norm_variables`).
     ``auxiliary_loss_weight > 0`` trains with the auxiliary ``FCNHead``.
-    ``avg_non_ignore``: the loss is the mean over labelled (not ignored)
-    pixels; ``False`` divides by all pixels, mmseg 0.x's default, which the
-    published runs used (with Adam the two differ only by the per-batch
-    fraction of ignored pixels).
+    ``avg_non_ignore``: ``False`` (the upstream runs': mmseg 0.x's default)
+    divides each batch's summed loss by all its pixels, ignored ones
+    included; ``True`` by the labelled pixels only. With Adam the two differ
+    only in how much batches with many ignored pixels weigh.
     """
 
     head: str = "fpn"
@@ -92,7 +99,7 @@ class SegmentationRecipe:
     batch_size: int = 16
     learning_rate: float = 1e-4
     weight_decay: float = 1e-4
-    decay_norms_and_biases: bool = True
+    decay_norms: bool = True
     beta_1: float = 0.9
     beta_2: float = 0.999
     epsilon: float = 1e-8
@@ -102,7 +109,7 @@ class SegmentationRecipe:
     warmup_iterations: int = 0
     warmup_ratio: float = 1e-6
     auxiliary_loss_weight: float = 0.0
-    avg_non_ignore: bool = True
+    avg_non_ignore: bool = False
     iterations_per_epoch: int = 8000  # mmseg's checkpoint/evaluation interval
     drop_path_rate: float = 0.2
     dropout_rate: float = 0.1
@@ -119,7 +126,7 @@ RECIPES = {
         iterations=160000,
         learning_rate=6e-5,
         weight_decay=0.01,
-        decay_norms_and_biases=False,
+        decay_norms=False,
         power=1.0,
         min_learning_rate=0.0,
         warmup_iterations=1500,
@@ -134,7 +141,9 @@ def get_recipe(recipe):
     if isinstance(recipe, SegmentationRecipe):
         return recipe
     if recipe not in RECIPES:
-        raise ValueError(f"Unknown segmentation recipe {recipe!r}; choose one of {sorted(RECIPES)}.")
+        raise ValueError(
+            f"Unknown segmentation recipe {recipe!r}; choose one of {sorted(RECIPES)}."
+        )
     return RECIPES[recipe]
 
 
@@ -150,7 +159,9 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
             lr(i) = lr(i) * (1 - k)
     """
 
-    def __init__(self, base_lr, max_iters, power=0.9, min_lr=0.0, warmup_iters=0, warmup_ratio=1e-6):
+    def __init__(
+        self, base_lr, max_iters, power=0.9, min_lr=0.0, warmup_iters=0, warmup_ratio=1e-6
+    ):
         if int(max_iters) < 1:
             raise ValueError(f"PolyDecay max_iters must be >= 1, got {max_iters}.")
         if int(warmup_iters) < 0:
@@ -167,8 +178,10 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         progress = ops.minimum(step / self.max_iters, 1.0)
         lr = (self.base_lr - self.min_lr) * ops.power(1.0 - progress, self.power) + self.min_lr
         if self.warmup_iters > 0:
-            k = (1.0 - step / self.warmup_iters) * (1.0 - self.warmup_ratio)
-            lr = ops.where(step < self.warmup_iters, lr * (1.0 - k), lr)
+            # 1 - k = ratio + (1 - ratio) * i / warmup_iters: the same factor,
+            # without float32 cancellation when k is close to 1
+            factor = self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_iters
+            lr = ops.where(step < self.warmup_iters, lr * factor, lr)
         return lr
 
     def get_config(self):
@@ -202,7 +215,9 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     Computed in float32 whatever the logits' dtype.
     """
 
-    def __init__(self, ignore_index=255, avg_non_ignore=True, name="segmentation_cross_entropy", **kwargs):
+    def __init__(
+        self, ignore_index=255, avg_non_ignore=True, name="segmentation_cross_entropy", **kwargs
+    ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(name=name, **kwargs)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
@@ -271,13 +286,32 @@ def build_optimizer(recipe, model):
         epsilon=recipe.epsilon,
         global_clipnorm=recipe.clip_norm or None,
     )
-    if not recipe.decay_norms_and_biases:
-        optimizer.exclude_from_weight_decay(var_list=base.no_weight_decay_variables(model))
+    if not recipe.decay_norms:
+        optimizer.exclude_from_weight_decay(var_list=norm_variables(model))
     return optimizer
 
 
+NORMALIZATION_LAYERS = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+)
+
+
+def norm_variables(model):
+    """The trainable variables of every normalisation layer (BatchNorm's
+    gamma and beta): what upstream's ``paramwise_cfg`` keys ``bn`` and
+    ``norm`` match in the Next-ViT backbone and the mmseg heads."""
+    found = {}
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, NORMALIZATION_LAYERS):
+            for variable in layer.trainable_weights:
+                found[id(variable)] = variable
+    return list(found.values())
+
+
 def compile_segmenter(model, optimizer, num_classes, auxiliary_loss_weight=0.0,
-                      ignore_index=255, avg_non_ignore=True, jit_compile="auto"):
+                      ignore_index=255, avg_non_ignore=False, jit_compile="auto"):
     """Cross-entropy (+ the weighted auxiliary loss) and mean IoU of the decode output.
 
     ``model`` outputs logits, or ``{"decode": ..., "auxiliary": ...}`` when
@@ -335,6 +369,10 @@ def validation_dataset(pairs, batch_size, aug, reduce_zero_label=False):
     aspect ratio to ``aug.img_scale``, the centre ``aug.crop_size`` window
     (padded with 0 / ``ignore_index`` where the image is smaller), normalised.
 
+    The last batch is filled up with images whose every pixel is
+    ``ignore_index`` (they count in no score), so that every batch has the
+    same shape and divides among replicas.
+
     This approximates mmseg's whole-image evaluation at training time; for
     the published protocol evaluate the saved model with
     ``tools/eval_segmentation.py``.
@@ -349,7 +387,15 @@ def validation_dataset(pairs, batch_size, aug, reduce_zero_label=False):
     seed = tf.zeros([2], tf.int64)  # no random draws in Augmentation.none()
     ds = ds.map(lambda image, mask: data_lib.training_transform(image, mask, seed, fixed),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
+    missing = -len(pairs) % int(batch_size)
+    if missing:
+        h, w = (int(c) for c in aug.crop_size)
+        filler = (
+            tf.zeros((h, w, 3), tf.float32),
+            tf.fill((h, w), tf.constant(aug.ignore_index, tf.int32)),
+        )
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(missing))
+    return ds.batch(int(batch_size), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def inference_model(trained, variant, head, num_classes, channels=None, name=None):
@@ -385,7 +431,8 @@ class SegmentationTrainingResult(base.TrainingResult):
 def _positive(name, value):
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or value != int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
 
@@ -396,9 +443,13 @@ def _crop(crop_size):
     try:
         h, w = (int(c) for c in crop_size)
     except (TypeError, ValueError):
-        raise ValueError(f"crop_size must be an int or (height, width), got {crop_size!r}.") from None
+        raise ValueError(
+            f"crop_size must be an int or (height, width), got {crop_size!r}."
+        ) from None
     if min(h, w) < presets.MIN_INPUT_SIZE:
-        raise ValueError(f"crop_size must be at least {presets.MIN_INPUT_SIZE} pixels, got {crop_size!r}.")
+        raise ValueError(
+            f"crop_size must be at least {presets.MIN_INPUT_SIZE} pixels, got {crop_size!r}."
+        )
     return h, w
 
 
@@ -485,10 +536,13 @@ def train(
         distribution: one of :data:`keras_nextvit.training.DISTRIBUTIONS`.
         seed: seeds weights, data order, augmentation, drop path and dropout.
         resume: continue from ``output_dir/checkpoints`` when it has one
-            (exactly: same data, random draws and optimizer state).
+            (exactly: same data, random draws and optimizer state). A resume
+            in the middle of a pass over the data reads that pass's earlier
+            batches again (and drops them) to get there.
         iterations_per_epoch: steps between checkpoints and validation
-            passes (recipe: 8000 FPN, 16000 UperNet, at most ``iterations``);
-            must divide ``iterations``.
+            passes; must divide ``iterations``. Default: the largest divisor
+            of ``iterations`` not above the recipe's interval (8000 FPN,
+            16000 UperNet, mmseg's checkpoint and evaluation interval).
         channels: head widths (see :func:`NextViTSegmenter`), for small
             experiments.
         drop_path_rate: override the recipe's stochastic depth (0.2).
@@ -502,6 +556,11 @@ def train(
     """
     if head is not None and head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
+    if isinstance(variant, str) and variant not in presets.VARIANTS:
+        raise ValueError(
+            f"variant must be one of {tuple(presets.VARIANTS)} or four stage depths, "
+            f"got {variant!r}."
+        )
     recipe = get_recipe(recipe if recipe is not None else (head or "fpn"))
     head = head or recipe.head
     if mixed_precision not in base.MIXED_PRECISION:
@@ -530,8 +589,9 @@ def train(
     changes["augmentation"] = aug
     recipe = recipe.replace(**changes)
     per_epoch = _positive("iterations_per_epoch", iterations_per_epoch)
-    if per_epoch is None:
-        per_epoch = min(recipe.iterations_per_epoch, recipe.iterations)
+    if per_epoch is None:  # the largest divisor not above the recipe's interval
+        most = min(recipe.iterations_per_epoch, recipe.iterations)
+        per_epoch = next(d for d in range(most, 0, -1) if recipe.iterations % d == 0)
     if recipe.iterations % per_epoch:
         raise ValueError(
             f"iterations_per_epoch ({per_epoch}) must divide iterations ({recipe.iterations}): "
@@ -558,8 +618,9 @@ def train(
     if num_classes is None:
         num_classes = infer_num_classes(train_pairs, reduce_zero_label, aug.ignore_index)
         if not quiet:
+            after = ", after reduce_zero_label" if reduce_zero_label else ""
             print(f"num_classes: {num_classes} (inferred from the training masks: labels "
-                  f"0..{num_classes - 1}{', after reduce_zero_label' if reduce_zero_label else ''})")
+                  f"0..{num_classes - 1}{after})")
         check = False  # the inference read every mask already
     else:
         num_classes = _positive("num_classes", num_classes)
@@ -602,7 +663,7 @@ def train(
             if auxiliary:
                 logits, aux_logits = segmenter.outputs
                 model = keras.Model(
-                    segmenter.inputs, {DECODE: logits, AUXILIARY: aux_logits}, name=segmenter.name
+                    segmenter.input, {DECODE: logits, AUXILIARY: aux_logits}, name=segmenter.name
                 )
             else:
                 model = segmenter
@@ -614,6 +675,10 @@ def train(
                 recipe.avg_non_ignore, jit_compile=jit_compile,
             )
             initial_epoch = base.restore_training_state(model, checkpoint_dir) if resume else 0
+            if not model.optimizer.built:
+                # Now rather than inside the first traced step, which would
+                # then be traced twice (Keras defers it without a strategy).
+                model.optimizer.build(model.trainable_variables)
 
         # Iteration k is step k % steps_per_pass of data pass k // steps_per_pass.
         start = initial_epoch * per_epoch
@@ -673,8 +738,9 @@ def train(
         if replicas > 1 and keras.backend.backend() == "tensorflow":
             base.synchronize_batchnorm(model, False)
 
-        with context:
-            final = inference_model(model, variant, head, num_classes, channels, name=segmenter.name)
+        # One device's model (outside the strategy's scope, which is entered
+        # only once): the trained weights, without the auxiliary head.
+        final = inference_model(model, variant, head, num_classes, channels, name=segmenter.name)
 
         def save(directory):
             final.save(directory / "model.keras")
@@ -690,9 +756,8 @@ def train(
                 "mean_iou": history[prefix + "mean_iou"][-1],
             }
         elif val_pairs is not None:  # nothing left to train: score the saved model
-            with context:
-                compile_segmenter(final, "sgd", num_classes, 0.0, aug.ignore_index,
-                                  recipe.avg_non_ignore, jit_compile=jit_compile)
+            compile_segmenter(final, "sgd", num_classes, 0.0, aug.ignore_index,
+                              recipe.avg_non_ignore, jit_compile=jit_compile)
             metrics = final.evaluate(
                 validation_dataset(val_pairs, recipe.batch_size, aug, reduce_zero_label),
                 return_dict=True, verbose=0,
