@@ -18,6 +18,9 @@ EXPECTED_FIGURES = {
     ],
     "03_deployment": ["03_latency.png"],
     "04_finetuning": ["04_curves.png", "04_predictions.png"],
+    "05_segmentation": [
+        "05_photo_segmentation.png", "05_scenes.png", "05_curves.png", "05_predictions.png",
+    ],
 }
 
 
