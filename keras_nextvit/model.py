@@ -49,6 +49,13 @@ def _resolve_input_shape(input_shape, input_tensor, preset):
         shape = (size, size, 3)
     else:
         shape = (None, None, 3)
+    return check_input_shape(shape)
+
+
+def check_input_shape(shape):
+    """``shape`` as a tuple if it is ``(height, width, channels)`` with sizes
+    of at least 32 pixels (or ``None``); else a clear ValueError."""
+    shape = tuple(shape)
     if len(shape) != 3:
         raise ValueError(
             f"input_shape must be (height, width, channels), got {shape}."

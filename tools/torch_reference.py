@@ -352,7 +352,11 @@ def synthetic_input(seed, shape):
 def benchmark(variant="small", size=224, batch=1, warmup=5, repeats=20):
     """Median (and all) eager forward latencies in milliseconds."""
     model = load_synthetic(build(variant))
-    x = synthetic_input(0, (batch, 3, size, size))
+    return time_eager(model, synthetic_input(0, (batch, 3, size, size)), warmup, repeats)
+
+
+def time_eager(model, x, warmup, repeats):
+    """Median (and all) latencies in ms of ``model(x)`` under inference mode."""
     times = []
     with torch.inference_mode():
         for _ in range(warmup):

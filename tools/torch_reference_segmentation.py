@@ -32,9 +32,7 @@ Only ``torch`` and ``numpy`` are imported, never Keras/TensorFlow.
 import argparse
 import importlib.util
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -463,16 +461,7 @@ def export_onnx(model, path, size, batch=1):
 def benchmark(variant="small", head="fpn", size=512, batch=1, warmup=3, repeats=10):
     """Median (and all) eager forward latencies in milliseconds."""
     model = load_synthetic(build_segmenter(variant, head))
-    x = synthetic_input(0, (batch, 3, size, size))
-    times = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), times
+    return ref.time_eager(model, synthetic_input(0, (batch, 3, size, size)), warmup, repeats)
 
 
 def main(argv=None):

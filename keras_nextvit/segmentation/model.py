@@ -18,7 +18,7 @@ import keras
 
 from .. import presets
 from ..layers import InputCheck
-from ..model import build_stages, stage_plan
+from ..model import build_stages, check_input_shape, stage_plan
 from .fcn_head import FCNHead
 from .fpn import FPN
 from .fpn_head import FPNHead
@@ -74,16 +74,7 @@ def _check_arguments(head, num_classes, input_shape):
         raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
-    shape = tuple(input_shape)
-    if len(shape) != 3:
-        raise ValueError(f"input_shape must be (height, width, channels), got {shape}.")
-    for axis, size in zip(("height", "width"), shape[:2]):
-        if size is not None and size < presets.MIN_INPUT_SIZE:
-            raise ValueError(
-                f"input_shape {axis} {size} is below the minimum of {presets.MIN_INPUT_SIZE} "
-                f"pixels (input_shape={shape})."
-            )
-    return shape
+    return check_input_shape(input_shape)
 
 
 def NextViTSegmenter(
