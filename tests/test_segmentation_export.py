@@ -57,7 +57,7 @@ def images(batch=2, seed=0):
 @tensorflow_only
 @pytest.mark.parametrize(
     "head,fmt,suffix",
-    # SavedModel is the first step of every format here; UperNet's ONNX covers
+    # The TFLite export goes through a SavedModel; UperNet's ONNX covers
     # what FPN's would (nearest and bilinear resizes, the PPM's pooling matrices).
     [("fpn", "tflite", ".tflite"), ("upernet", "tflite", ".tflite"), ("upernet", "onnx", ".onnx")],
 )
