@@ -293,3 +293,18 @@ def test_imports_run_one_way():
     assert package_imports(package / "naming.py") == set()
     loader = package_imports(package / "weights.py")
     assert not loader & {"model", "segmentation", "segmentation.model"}, loader
+
+
+def test_importing_the_package_loads_no_tensorflow_on_other_backends():
+    """The segmentation package must not pull TensorFlow (its tf.data
+    pipelines) into ``import keras_nextvit`` on the JAX backend."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    code = "import sys, keras_nextvit; print('tensorflow' in sys.modules)"
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -7,7 +7,10 @@ what the published checkpoints compute::
     classes = keras_nextvit.segment(model, image)      # class map at the image's size
 """
 
-from . import ade20k, data, metrics, training
+# data and training (tf.data pipelines, the trainer) load TensorFlow: import
+# them by name (``from keras_nextvit.segmentation import training``) so that
+# ``import keras_nextvit`` stays free of it on the JAX and PyTorch backends.
+from . import ade20k, metrics
 from .ade20k import CLASSES, PALETTE
 from .fcn_head import FCNHead
 from .fpn import FPN
