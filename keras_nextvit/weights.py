@@ -111,6 +111,11 @@ def _torch_shape(kind, variable):
     return shape
 
 
+def _loadable_tensors(model):
+    """``torch_tensors`` without ``num_batches_tracked`` (Keras keeps none)."""
+    return [(name, kind, var) for name, kind, var in torch_tensors(model) if kind != "counter"]
+
+
 def torch_state_dict_spec(model):
     """``[(name, shape), ...]`` of the reference PyTorch state dict that
     matches ``model``, in state-dict order: timm's naming for classifiers,
@@ -347,7 +352,7 @@ def load_torch_weights(model, source):
         )
     state = official_to_timm(raw, depths) if is_official_naming(raw) else raw
     state = _without_counters(state)
-    expected = [(n, k, v) for n, k, v in torch_tensors(model) if k != "counter"]
+    expected = _loadable_tensors(model)
     expected_names = {n for n, _, _ in expected}
     has_head = any(n.startswith("head.") for n in expected_names)
     _check_names(
@@ -403,10 +408,10 @@ def _load_segmenter(model, raw):
             f"The checkpoint is an ImageNet classification checkpoint ({_describe(raw)}), not "
             f"a segmentation one, and model {model.name!r} is a segmenter. Pass it as "
             "backbone_weights= (NextViTSegmenter(backbone_weights=...) or "
-            "keras_nextvit.segmentation.load_backbone_weights) to start the backbone from it."
+            "keras_nextvit.load_backbone_weights) to start the backbone from it."
         )
     state = _without_counters(mmseg_to_internal(raw, depths))
-    expected = [(n, k, v) for n, k, v in torch_tensors(model) if k != "counter"]
+    expected = _loadable_tensors(model)
     expected_names = {n for n, _, _ in expected}
     has_auxiliary = any(n.startswith("auxiliary_head.") for n in expected_names)
 

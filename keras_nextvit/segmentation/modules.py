@@ -8,7 +8,8 @@ them by name, exactly as for the backbone's blocks.
 import keras
 from keras import ops
 
-from ..layers import _PACKAGE, _batch_norm, _Composite, _pointwise
+from ..layers import _PACKAGE, _Composite, _pointwise
+from .ops import resize_bilinear, spatial_size
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -116,8 +117,6 @@ class ResizeLike(keras.layers.Layer):
     stride-4 logits -> input resolution."""
 
     def call(self, x, reference):
-        from .ops import resize_bilinear, spatial_size
-
         return resize_bilinear(x, spatial_size(reference))
 
     def compute_output_shape(self, x_shape, reference_shape):
