@@ -52,7 +52,9 @@ PUBLISHED_GFLOPS = {
 }
 
 
-def _depths(variant):
+def variant_depths(variant):
+    """The stage depths of ``variant`` (a name or four depths), or a clear
+    ValueError."""
     if isinstance(variant, str):
         if variant not in presets.VARIANTS:
             raise ValueError(
@@ -135,7 +137,7 @@ def NextViTSegmenter(
             "Pass weights= (a whole segmentation checkpoint) or backbone_weights= (an ImageNet "
             "checkpoint for the backbone), not both."
         )
-    depths = _depths(variant)
+    depths = variant_depths(variant)
     if channels is None:
         channels = (256, 128) if head == "fpn" else (512, 256)
     first, second = (int(c) for c in channels)

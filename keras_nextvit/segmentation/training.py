@@ -55,7 +55,7 @@ from .. import presets
 from .. import training as base
 from . import data as data_lib
 from .metrics import MeanIoU
-from .model import HEADS, NextViTSegmenter
+from .model import HEADS, NextViTSegmenter, variant_depths
 from .ops import resize_bilinear
 
 __all__ = [
@@ -556,11 +556,7 @@ def train(
     """
     if head is not None and head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
-    if isinstance(variant, str) and variant not in presets.VARIANTS:
-        raise ValueError(
-            f"variant must be one of {tuple(presets.VARIANTS)} or four stage depths, "
-            f"got {variant!r}."
-        )
+    variant_depths(variant)  # a bad variant fails before any data is read
     recipe = get_recipe(recipe if recipe is not None else (head or "fpn"))
     head = head or recipe.head
     if mixed_precision not in base.MIXED_PRECISION:
