@@ -22,6 +22,19 @@ warm-up, host <-> device copies included), and holds each precision to the
 bar the other exports meet: FP32 max abs error <= 1e-4 x max |logits|, FP16
 cosine >= 0.999, INT8 cosine >= 0.98. It exits 1 when a bar is missed.
 
+TensorRT 11 builds strongly typed networks only: it has no FP16 or INT8
+builder flags and no INT8 calibration, so its FP16 and INT8 engines need an
+ONNX that declares the precision (see keras_nextvit/exporters/tensorrt.py).
+``check`` builds precision P from ``model_P.onnx`` where the directory has
+one (``model_fp16.onnx``, ``model_int8.onnx``, made with NVIDIA ModelOpt from
+``model.onnx``), else from ``model.onnx``; a precision that this TensorRT
+cannot build from the file it has is reported with the commands that make
+the right file, and the check goes on with the next precision (exit 1).
+TensorRT 8.6 and 10.x build all three from ``model.onnx``. ModelOpt's INT8
+calibration takes the images as one float32 array, in the directory:
+
+    python -c "import numpy as np; np.save('calib.npy', np.load('reference.npz')['calibration'].astype('f4'))"
+
 ``--coarse-weights`` (prepare) draws the weights on a coarse grid (kernels
 keep 3 mantissa bits, BatchNorms are exact identities up to a shift) so the
 ONNX file compresses about 5x for a machine that can only be sent small
@@ -123,6 +136,13 @@ def load_exporters():
     )
 
 
+def precision_onnx(directory, precision):
+    """``model_<precision>.onnx`` where ``directory`` has it (an FP16 or a
+    Q/DQ ONNX for TensorRT 11), else ``model.onnx``."""
+    typed = os.path.join(directory, f"model_{precision}.onnx")
+    return typed if os.path.exists(typed) else os.path.join(directory, "model.onnx")
+
+
 def _meets(check, precision):
     field, op, bar = BARS[precision]
     value = getattr(check, field)
@@ -132,13 +152,12 @@ def _meets(check, precision):
 def check(args):
     import numpy as np
     import tensorrt as trt
-    from cuda import cudart
 
     engines, verify = load_exporters()
+    cudart = engines._cudart()  # cuda.bindings.runtime, or cuda.cudart before cuda-python 12.6.2
     reference = np.load(os.path.join(args.dir, "reference.npz"))
     images, logits = reference["images"], reference["logits"]
     calibration = reference["calibration"].astype(np.float32)
-    onnx_path = os.path.join(args.dir, "model.onnx")
     props = engines._check_cuda(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
     gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     print(f"TensorRT {trt.__version__} on {gpu}; {str(reference['variant'])}, images {images.shape}")
@@ -147,16 +166,23 @@ def check(args):
     chunks = [calibration[i : i + 8] for i in range(0, len(calibration) - 7, 8)]
     for precision in args.precisions:
         engine_path = os.path.join(args.dir, f"model_{precision}.plan")
+        onnx_path = precision_onnx(args.dir, precision)
         start = time.perf_counter()
-        engines.build_engine(
-            onnx_path,
-            engine_path,
-            precision,
-            calibration_batches=chunks if precision == "int8" else None,
-            opt_batch_size=args.opt_batch,
-            max_batch_size=args.max_batch,
-            optimization_level=args.optimization_level,
-        )
+        try:
+            engines.build_engine(
+                onnx_path,
+                engine_path,
+                precision,
+                calibration_batches=chunks if precision == "int8" else None,
+                opt_batch_size=args.opt_batch,
+                max_batch_size=args.max_batch,
+                optimization_level=args.optimization_level,
+            )
+        except ValueError as error:  # this TensorRT cannot build the precision from this file
+            print(f"{precision}: not built from {os.path.basename(onnx_path)}: {error}", flush=True)
+            rows.append({"precision": precision, "onnx": os.path.basename(onnx_path), "error": str(error)})
+            ok = False
+            continue
         build_s = time.perf_counter() - start
         runner = engines.EngineRunner(engine_path)
         result = verify.compare("logits", runner(images)[0], logits)
@@ -168,6 +194,7 @@ def check(args):
         field, op, bar = BARS[precision]
         row = {
             "precision": precision,
+            "onnx": os.path.basename(onnx_path),
             "build_s": round(build_s, 1),
             "engine_mib": round(os.path.getsize(engine_path) / 2**20, 2),
             "max_abs_error": result.max_abs_error,
