@@ -123,6 +123,12 @@ def _convert(args):
 
 def _export(args):
     from .exporters import export
+
+    if args.format == "openvino":  # before building the model: a missing extra fails at once
+        from .exporters import openvino
+
+        openvino.check_path(args.output)
+        openvino.require("nncf" if args.quantize == "int8" else "openvino")
     from .model import NextViT
     from .presets import VARIANTS
     from .weights import is_preset
@@ -230,12 +236,13 @@ def build_parser():
     demo.add_argument("--size", type=int, default=224, help="input size (default 224)")
     demo.set_defaults(run=_demo)
 
-    export = commands.add_parser("export", help="export (SavedModel/TFLite/ONNX/TensorRT) and verify")
-    export.add_argument("output", help="output file (.tflite/.onnx/.plan) or folder (SavedModel)")
-    export.add_argument("--format", choices=["saved_model", "tflite", "onnx", "tensorrt"], default="tflite")
+    export = commands.add_parser("export", help="export (SavedModel/TFLite/ONNX/OpenVINO/TensorRT) and verify")
+    export.add_argument("output", help="output file (.tflite/.onnx/.xml/.plan) or folder (SavedModel)")
+    export.add_argument("--format", choices=["saved_model", "tflite", "onnx", "openvino", "tensorrt"],
+                        default="tflite")
     export.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
                         help="TFLite: none/float16/dynamic/int8 (full-integer)/int8_float_attention; "
-                        "TensorRT: none/float16/int8")
+                        "OpenVINO: none/float16 (weights)/int8 (NNCF); TensorRT: none/float16/int8")
     export.add_argument("--representative-data", help="image folder to calibrate int8 on")
     export.add_argument("--calibration-steps", type=int, default=100)
     export.add_argument("--variant", choices=["small", "base", "large"], default="small")

@@ -7,7 +7,8 @@ function.)
 >>> print(report)          # max abs error, cosine, top-1 agreement, size, latency
 
 Formats: ``saved_model``, ``tflite`` (``quantize`` none / float16 / dynamic
-/ int8), ``onnx``, ``tensorrt``. All go through TensorFlow, so the
+/ int8), ``onnx``, ``openvino`` (none / float16 / int8, with the
+``openvino`` extra), ``tensorrt``. All go through TensorFlow, so the
 TensorFlow backend of Keras must be active. By default the model's
 BatchNorms are merged first (:func:`keras_nextvit.merge_batchnorm`).
 """
@@ -22,14 +23,15 @@ from .. import presets
 from ..preprocessing import preprocess_input
 from ..reparam import merge_batchnorm
 from . import onnx as onnx_export
-from . import saved_model, tensorrt, tflite
+from . import openvino, saved_model, tensorrt, tflite
 from .verify import ExportReport, verify
 
-FORMATS = ("saved_model", "tflite", "onnx", "tensorrt")
+FORMATS = ("saved_model", "tflite", "onnx", "openvino", "tensorrt")
 QUANTIZE = {
     "saved_model": ("none",),
     "onnx": ("none",),
     "tflite": tflite.QUANTIZE_MODES,
+    "openvino": openvino.QUANTIZE_MODES,
     "tensorrt": tuple(tensorrt.PRECISIONS),
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -172,12 +174,14 @@ def export(
         model: a Next-ViT Keras model (any head; multi-output models too)
             or a segmenter (:func:`keras_nextvit.NextViTSegmenter`; the report
             then counts top-1 agreement per pixel).
-        path: output file (``.tflite``, ``.onnx``, ``.plan``) or folder
-            (SavedModel, TF-TRT).
-        format: ``saved_model``, ``tflite``, ``onnx`` or ``tensorrt``.
+        path: output file (``.tflite``, ``.onnx``, ``.xml`` for OpenVINO,
+            ``.plan``) or folder (SavedModel, TF-TRT).
+        format: ``saved_model``, ``tflite``, ``onnx``, ``openvino`` or
+            ``tensorrt``.
         quantize: TFLite: ``none``, ``float16``, ``dynamic``, ``int8``
             (full-integer) or ``int8_float_attention`` (int8 but for the
             attention products and softmax: the fast one on CPUs);
+            OpenVINO: ``none``, ``float16`` (weights), ``int8`` (NNCF);
             TensorRT: ``none`` (FP32), ``float16``, ``int8``.
         representative_data: calibration data for int8: an image folder, or
             an iterable / generator function of preprocessed NHWC batches.
@@ -191,7 +195,9 @@ def export(
         verify_export: run the verification (returns ``None`` without).
 
     Returns:
-        An :class:`ExportReport`.
+        An :class:`ExportReport`. For OpenVINO on a CPU with bfloat16
+        arithmetic (AVX512-BF16, AMX) its ``variants["bf16"]`` reports the
+        same file run in bfloat16.
     """
     if format not in FORMATS:
         raise ValueError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
@@ -207,6 +213,9 @@ def export(
             "folder or an iterable/generator of preprocessed NHWC batches."
         )
     _require_tensorflow_backend(format)
+    if format == "openvino":
+        openvino.check_path(path)
+        openvino.require("nncf" if quantize == "int8" else "openvino")
     if format == "tensorrt":
         route = tensorrt.tensorrt_route()  # raises TensorRTUnavailable with the reason
 
@@ -233,6 +242,9 @@ def export(
     elif format == "tflite":
         path.write_bytes(tflite.convert(deploy, quantize, representative, batch_size))
         runner = tflite.TFLiteRunner(path, names)
+    elif format == "openvino":
+        openvino.convert(deploy, path, quantize, representative, batch_size)
+        runner = openvino.OpenVINORunner(path, names)
     elif format == "onnx":
         proto = onnx_export.export_onnx(deploy, path, batch_size)
         unsupported = onnx_export.unsupported_by_tensorrt(proto)
@@ -268,9 +280,15 @@ def export(
 
     from ..naming import is_segmenter
 
-    return verify(
+    report = verify(
         keras_fn, runner, inputs, names, format, quantize, path, per_pixel=is_segmenter(model)
     )
+    if format == "openvino" and openvino.has_bf16():
+        bf16 = openvino.OpenVINORunner(path, names, precision="bf16")
+        report.variants["bf16"] = verify(
+            keras_fn, bf16, inputs, names, format, quantize, path, per_pixel=is_segmenter(model)
+        )
+    return report
 
 
 __all__ = ["ExportReport", "FORMATS", "export", "representative_batches"]

@@ -48,6 +48,8 @@ class ExportReport:
     latency_ms: float
     keras_latency_ms: float
     outputs: list
+    # the same artifact run another way (OpenVINO: "bf16" arithmetic)
+    variants: dict = dataclasses.field(default_factory=dict)
 
     def output(self, name=None):
         """The check of output ``name`` (default: the first)."""
@@ -86,12 +88,21 @@ class ExportReport:
                 f"({c.relative_error:.2g} of max |Keras| {c.max_abs_reference:.3g}), "
                 f"cosine {c.cosine:.6f}{top1}"
             )
+        for name, variant in self.variants.items():
+            c = variant.output()
+            top1 = "" if c.top1_agreement is None else f", top-1 agreement {c.top1_agreement:.2%}"
+            varying = "" if c.cosine_input_dependent is None else f" (input-dependent part {c.cosine_input_dependent:.4f})"
+            lines.append(
+                f"  in {name} arithmetic: latency {variant.latency_ms:.1f} ms; {c.name}: cosine "
+                f"{c.cosine:.6f}{varying}{top1}"
+            )
         return "\n".join(lines)
 
     def to_dict(self):
         data = dataclasses.asdict(self)
         for check, out in zip(self.outputs, data["outputs"]):
             out["relative_error"] = check.relative_error
+        data["variants"] = {name: variant.to_dict() for name, variant in self.variants.items()}
         return data
 
 
