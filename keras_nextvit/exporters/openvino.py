@@ -128,7 +128,7 @@ def quantize_int8(converted, calibration, model_type=None, ignored_scope=None, b
     (mean of per-image ranges, fast bias correction) kept an input-dependent
     cosine of only 0.93 and top-1 of 0.94 there; this recipe keeps 0.998 and
     0.99. The transformer model type (SmoothQuant, more in float) measured
-    worse there (0.979, 0.97) and 1.7x slower on Next-ViT-S at 224.
+    worse there (0.979, 0.97) and ~1.6x slower on Next-ViT-S at 224.
 
     ``model_type="transformer"`` applies NNCF's transformer rules anyway;
     ``ignored_scope``: an ``nncf.IgnoredScope`` of layers to leave in float;
