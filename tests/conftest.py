@@ -54,6 +54,18 @@ def assert_close(actual, expected, rel=1e-4, what="output"):
 
 
 @pytest.fixture(scope="session")
+def synthetic_small():
+    """Next-ViT-S at the golden 64x96 size with the reference's synthetic
+    weights: the model the export tests convert (exports leave it as it
+    was, so one serves them all)."""
+    import keras_nextvit
+
+    model = keras_nextvit.NextViTSmall(input_shape=(64, 96, 3))
+    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    return model
+
+
+@pytest.fixture(scope="session")
 def tmp_session(tmp_path_factory):
     return tmp_path_factory.mktemp("session")
 

@@ -23,10 +23,8 @@ SHAPE = (64, 96, 3)
 
 
 @pytest.fixture(scope="module")
-def model():
-    model = keras_nextvit.NextViTSmall(input_shape=SHAPE)
-    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
-    return model
+def model(synthetic_small):
+    return synthetic_small
 
 
 @pytest.fixture(scope="module")

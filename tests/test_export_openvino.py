@@ -1,6 +1,7 @@
 """The OpenVINO route: float32, float16 weights and NNCF int8, each verified
 against the Keras model; the runner; and what happens without the extra."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -8,7 +9,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import golden, nhwc, synthetic_checkpoint
+from conftest import golden, nhwc
 
 import keras_nextvit
 from keras_nextvit.exporters import openvino
@@ -21,10 +22,8 @@ SHAPE = (64, 96, 3)
 
 
 @pytest.fixture(scope="module")
-def model():
-    model = keras_nextvit.NextViTSmall(input_shape=SHAPE)
-    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
-    return model
+def model(synthetic_small):
+    return synthetic_small
 
 
 @pytest.fixture(scope="module")
@@ -159,18 +158,14 @@ def test_segmenter(tmp_path):
     assert check.per_pixel and check.top1_agreement >= 0.999, str(report)
 
 
-HIDE = """
-import sys
-for name in {hidden}:
-    sys.modules[name] = None  # import fails as if not installed
-"""
-
-
-def run_hidden(hidden, code):
-    script = textwrap.dedent(HIDE.format(hidden=hidden)) + textwrap.dedent(code)
+def run_python(code, hidden=(), **env):
+    """Run ``code`` in a fresh Python (TensorFlow backend) with the modules
+    ``hidden`` failing to import, as if not installed."""
+    hide = "".join(f"sys.modules[{name!r}] = None\n" for name in hidden)
     return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [sys.executable, "-c", "import sys\n" + hide + textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", **env},
     )
 
 
@@ -178,7 +173,7 @@ def test_without_the_extra(tmp_path):
     """Without openvino (and nncf) the package imports, and the OpenVINO
     format says which extra to install: from the API and the command line,
     before any model is built; int8 needs nncf even where openvino is."""
-    out = run_hidden(["openvino", "nncf"], f"""
+    out = run_python(f"""
         import keras_nextvit
         from keras_nextvit import cli
         from keras_nextvit.exporters.openvino import OpenVINOUnavailable
@@ -188,18 +183,18 @@ def test_without_the_extra(tmp_path):
         except OpenVINOUnavailable as error:
             print("API:", error)
         sys.exit(cli.main(["export", r"{tmp_path / 'm.xml'}", "--format", "openvino"]))
-    """)
+    """, hidden=("openvino", "nncf"))
     assert out.returncode == 2, out.stderr
     assert 'API: The OpenVINO format needs OpenVINO' in out.stdout
     assert 'pip install "keras-nextvit[openvino]"' in out.stdout
     assert 'error: The OpenVINO format needs OpenVINO' in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m.xml").exists()
 
-    out = run_hidden(["nncf"], f"""
+    out = run_python(f"""
         from keras_nextvit import cli
         sys.exit(cli.main(["export", r"{tmp_path / 'm.xml'}", "--format", "openvino",
                            "--quantize", "int8", "--representative-data", r"{tmp_path}"]))
-    """)
+    """, hidden=("nncf",))
     assert out.returncode == 2 and "needs NNCF" in out.stderr and "keras-nextvit[openvino]" in out.stderr
 
 
@@ -215,10 +210,6 @@ def test_export_sends_no_telemetry(tmp_path):
                              representative_data=calibration, verify_export=False)
         print("exported")
     """
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "HOME": str(tmp_path), "KERAS_BACKEND": "tensorflow",
-             "TF_CPP_MIN_LOG_LEVEL": "3", "CI": "", "NNCF_CI": ""},
-    )
+    out = run_python(code, HOME=str(tmp_path), CI="", NNCF_CI="")
     assert "exported" in out.stdout, out.stderr[-2000:]
     assert not (tmp_path / "intel").exists(), sorted(p.name for p in (tmp_path / "intel").iterdir())

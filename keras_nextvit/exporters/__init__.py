@@ -280,13 +280,16 @@ def export(
 
     from ..naming import is_segmenter
 
+    expected = keras_fn(inputs)
     report = verify(
-        keras_fn, runner, inputs, names, format, quantize, path, per_pixel=is_segmenter(model)
+        keras_fn, runner, inputs, names, format, quantize, path, per_pixel=is_segmenter(model),
+        expected=expected,
     )
     if format == "openvino" and openvino.has_bf16():
         bf16 = openvino.OpenVINORunner(path, names, precision="bf16")
         report.variants["bf16"] = verify(
-            keras_fn, bf16, inputs, names, format, quantize, path, per_pixel=is_segmenter(model)
+            keras_fn, bf16, inputs, names, format, quantize, path, per_pixel=is_segmenter(model),
+            expected=expected, keras_latency_ms=report.keras_latency_ms,
         )
     return report
 

@@ -168,14 +168,20 @@ def file_size(path):
     return os.path.getsize(path)
 
 
-def verify(keras_fn, runner, inputs, output_names, fmt, quantize, path, repeats=5, per_pixel=False):
+def verify(
+    keras_fn, runner, inputs, output_names, fmt, quantize, path, repeats=5, per_pixel=False,
+    expected=None, keras_latency_ms=None,
+):
     """Run ``runner`` and ``keras_fn`` on ``inputs`` and report.
 
     ``keras_fn`` and ``runner`` map an NHWC float batch to a list of arrays
     in ``output_names`` order. ``per_pixel``: the outputs are segmentation
-    logits (top-1 agreement per pixel).
+    logits (top-1 agreement per pixel). ``expected`` (``keras_fn(inputs)``)
+    and ``keras_latency_ms``: given when already measured (another runner of
+    the same artifact), computed otherwise.
     """
-    expected = keras_fn(inputs)
+    if expected is None:
+        expected = keras_fn(inputs)
     actual = runner(inputs)
     checks = [
         compare(n, a, e, per_pixel) for n, a, e in zip(output_names, actual, expected, strict=True)
@@ -188,6 +194,10 @@ def verify(keras_fn, runner, inputs, output_names, fmt, quantize, path, repeats=
         file_size_bytes=file_size(path),
         batch_size=1,
         latency_ms=latency_ms(runner, one, repeats=repeats)["median_ms"],
-        keras_latency_ms=latency_ms(keras_fn, one, repeats=repeats)["median_ms"],
+        keras_latency_ms=(
+            latency_ms(keras_fn, one, repeats=repeats)["median_ms"]
+            if keras_latency_ms is None
+            else keras_latency_ms
+        ),
         outputs=checks,
     )
