@@ -80,33 +80,17 @@ def digits():
     measures the ties rather than the quantization.) Returns a namespace with
     ``model``, ``images``, ``labels``, ``train`` and ``held_out`` indices,
     and ``calibration`` (8 batches of 8 training images)."""
+    import sys
     import types
 
-    import keras
-    from sklearn.datasets import load_digits
+    sys.path.insert(0, str(DATA.parent.parent / "tools"))
+    from int8_study import train_digits
 
-    import keras_nextvit
-
-    data = load_digits()
-    images = np.kron(data.images.astype("float32") / 16.0, np.ones((4, 4), "float32"))
-    images = (np.repeat(images[..., None], 3, axis=-1) - 0.5) / 0.25  # 32x32x3
-    order = np.random.default_rng(0).permutation(len(images))
-    train, held_out = order[:1400], order[1400:1496]
-    keras.utils.set_random_seed(0)
-    model = keras_nextvit.NextViT(depths=(1, 1, 5, 1), input_shape=(32, 32, 3), classes=10)
-    epochs = 4
-    steps = epochs * -(-len(train) // 64)
-    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps - 10, warmup_target=1e-3, warmup_steps=10)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(images[train], data.target[train], batch_size=64, epochs=epochs, verbose=0)
-    _, accuracy = model.evaluate(images[held_out], data.target[held_out], verbose=0)
+    model, images, labels, train, held_out = train_digits(epochs=4)
+    _, accuracy = model.evaluate(images[held_out], labels[held_out], verbose=0)
     assert accuracy >= 0.9  # trained: its logits depend on the image
     calibration = [images[train[i : i + 8]] for i in range(0, 64, 8)]
     return types.SimpleNamespace(
-        model=model, images=images, labels=data.target, train=train, held_out=held_out,
+        model=model, images=images, labels=labels, train=train, held_out=held_out,
         calibration=calibration,
     )

@@ -117,23 +117,25 @@ def to_openvino(model, batch_size=1):
     return converted
 
 
-def quantize_int8(converted, calibration, model_type=None, ignored_scope=None, bias_correction=False):
+def quantize_int8(converted, calibration, model_type=None, ignored_scope=None, bias_correction="full"):
     """NNCF post-training int8 quantization of ``converted`` (an
     ``openvino.Model``) on ``calibration``: a list of NHWC float32 batches.
 
     The recipe is what measured best on Next-ViT (a small one trained on
-    digits, held-out images; ``tests/test_export_openvino.py``): symmetric
-    int8 activations (NNCF's ``performance`` preset) with ranges from the
-    calibration set's min and max, and no bias correction. NNCF's defaults
-    (mean of per-image ranges, fast bias correction) kept an input-dependent
-    cosine of only 0.93 and top-1 of 0.94 there; this recipe keeps 0.998 and
-    0.99. The transformer model type (SmoothQuant, more in float) measured
-    worse there (0.979, 0.97) and ~1.6x slower on Next-ViT-S at 224.
+    digits, held-out images; ``python tools/int8_study.py recipes``):
+    symmetric int8 activations (NNCF's ``performance`` preset) with ranges
+    from the calibration set's min and max, and NNCF's full bias correction
+    (``fast_bias_correction=False``). NNCF's defaults (mean of per-image
+    ranges, fast bias correction) lost far more of the model's
+    input-dependent output there, and the fast bias correction was the
+    larger part of the loss.
 
-    ``model_type="transformer"`` applies NNCF's transformer rules anyway;
+    ``model_type="transformer"`` applies NNCF's transformer rules;
     ``ignored_scope``: an ``nncf.IgnoredScope`` of layers to leave in float;
-    ``bias_correction=True`` runs NNCF's fast bias correction.
+    ``bias_correction``: ``"full"``, ``"fast"`` or ``"none"``.
     """
+    if bias_correction not in ("full", "fast", "none"):
+        raise ValueError(f"bias_correction must be 'full', 'fast' or 'none', got {bias_correction!r}.")
     nncf = require("nncf")
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -143,9 +145,10 @@ def quantize_int8(converted, calibration, model_type=None, ignored_scope=None, b
     kwargs = {
         "subset_size": sum(len(batch) for batch in calibration),
         "preset": nncf.QuantizationPreset.PERFORMANCE,
-        "fast_bias_correction": True if bias_correction else None,
+        "fast_bias_correction": bias_correction == "fast",
         "advanced_parameters": AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+            disable_bias_correction=bias_correction == "none",
         ),
     }
     if model_type is not None:

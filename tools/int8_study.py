@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""Why the int8 exports are built as they are: the measurements behind them.
+
+    python tools/int8_study.py recipes     # NNCF settings: accuracy on digits, speed on Next-ViT-S
+    python tools/int8_study.py attention   # E-MHSA alone in TFLite: float32 vs full-integer int8
+
+``recipes``: a small Next-ViT trained on scikit-learn's digits (the model
+of ``tests/conftest.py``'s ``digits`` fixture, built by :func:`train_digits`)
+is quantized by NNCF with each setting below, calibrated on 64 training
+digits and checked on 96 held-out ones (input-dependent cosine, top-1
+agreement with the float model); then Next-ViT-S at 224 (random weights,
+latency only) is quantized the same way and timed, batch 1, each recipe in
+a process of its own. ``attention``: E-MHSA's attention (two products and
+the softmax) at stage 2's shapes at 224 (6 heads, 784 queries, 49 keys, 32
+channels), as one batched product (the export's form) and per head (2-D
+products), converted to TFLite float32 and full-integer int8 and timed with
+ai-edge-litert, each in a process of its own.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+# name -> keras_nextvit.exporters.openvino.quantize_int8 keyword arguments
+RECIPES = {
+    "export (MINMAX ranges, full bias correction)": {},
+    "with fast bias correction": {"bias_correction": "fast"},
+    "without bias correction": {"bias_correction": "none"},
+    "NNCF transformer model type": {"model_type": "transformer"},
+}
+NNCF_DEFAULTS = "NNCF defaults (mean min/max, fast bias correction)"
+
+
+def train_digits(epochs=4):
+    """The small Next-ViT (depths 1/1/5/1, 32x32) trained on digits, with its
+    data: ``(model, images, labels, train, held_out)``."""
+    import keras
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    import keras_nextvit
+
+    data = load_digits()
+    images = np.kron(data.images.astype("float32") / 16.0, np.ones((4, 4), "float32"))
+    images = (np.repeat(images[..., None], 3, axis=-1) - 0.5) / 0.25  # 32x32x3
+    order = np.random.default_rng(0).permutation(len(images))
+    train, held_out = order[:1400], order[1400:1496]
+    keras.utils.set_random_seed(0)
+    model = keras_nextvit.NextViT(depths=(1, 1, 5, 1), input_shape=(32, 32, 3), classes=10)
+    steps = epochs * -(-len(train) // 64)
+    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps - 10, warmup_target=1e-3, warmup_steps=10)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(images[train], data.target[train], batch_size=64, epochs=epochs, verbose=0)
+    return model, images, data.target, train, held_out
+
+
+def _quantize(converted, calibration, recipe):
+    import nncf
+
+    from keras_nextvit.exporters import openvino
+
+    if recipe == NNCF_DEFAULTS:
+        with openvino.no_telemetry():
+            return nncf.quantize(converted, nncf.Dataset(calibration), subset_size=len(calibration))
+    return openvino.quantize_int8(converted, calibration, **RECIPES[recipe])
+
+
+def work_recipe_accuracy(args):
+    import numpy as np
+    import openvino as ov
+
+    from keras_nextvit import merge_batchnorm
+    from keras_nextvit.exporters import openvino
+    from keras_nextvit.exporters.verify import compare
+
+    model, images, _, train, held_out = train_digits(args.epochs)
+    calibration = [images[train[i : i + 1]] for i in range(64)]
+    expected = np.asarray(model(images[held_out]))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        float32 = os.path.join(tmp, "float32.xml")
+        ov.save_model(openvino.to_openvino(merge_batchnorm(model)), float32, compress_to_fp16=False)
+        for recipe in [*RECIPES, NNCF_DEFAULTS]:
+            path = os.path.join(tmp, "int8.xml")
+            # a fresh copy per recipe, read from disk: quantizing .clone()s of
+            # one in-memory model gave meaningless outputs here (OpenVINO 2026.4)
+            quantized = _quantize(ov.Core().read_model(float32), calibration, recipe)
+            ov.save_model(quantized, path, compress_to_fp16=False)
+            check = compare("logits", openvino.OpenVINORunner(path)(images[held_out])[0], expected)
+            results[recipe] = {
+                "cosine_input_dependent": check.cosine_input_dependent,
+                "top1": check.top1_agreement,
+            }
+    return results
+
+
+def work_recipe_build(args, recipe, path):
+    import numpy as np
+    import openvino as ov
+
+    import keras_nextvit
+    from keras_nextvit.exporters import openvino
+
+    model = keras_nextvit.merge_batchnorm(keras_nextvit.NextViTSmall(input_shape=(224, 224, 3)))
+    rng = np.random.default_rng(0)
+    calibration = [rng.uniform(-2, 2, (1, 224, 224, 3)).astype("float32") for _ in range(16)]
+    ov.save_model(_quantize(openvino.to_openvino(model), calibration, recipe), path, compress_to_fp16=False)
+    return {}
+
+
+def _time(fn, x, warmup=5, repeats=30):
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+
+
+def work_recipe_time(args, path):
+    import numpy as np
+
+    from keras_nextvit.exporters import openvino
+
+    x = np.random.default_rng(0).uniform(-2, 2, (1, 224, 224, 3)).astype("float32")
+    return _time(openvino.OpenVINORunner(path), x)
+
+
+HEADS, QUERIES, KEYS, CHANNELS = 6, 784, 49, 32
+
+
+def work_attention(args, form, quantize):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+    from keras import ops
+
+    def attention(q, k, v):  # [heads, tokens, channels] each
+        scores = ops.matmul(q, ops.transpose(k, (0, 2, 1)))
+        return ops.matmul(ops.softmax(scores, -1), v)
+
+    def per_head(q, k, v):
+        return ops.stack([
+            ops.matmul(ops.softmax(ops.matmul(q[h], ops.transpose(k[h])), -1), v[h]) for h in range(HEADS)
+        ])
+
+    form_fn = {"batched": attention, "per-head": per_head}[form]
+    shapes = [(HEADS, QUERIES, CHANNELS), (HEADS, KEYS, CHANNELS), (HEADS, KEYS, CHANNELS)]
+    fn = tf.function(lambda q, k, v: form_fn(q, k, v)).get_concrete_function(
+        *[tf.TensorSpec(s, tf.float32) for s in shapes]
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+    if quantize == "int8":
+        rng = np.random.default_rng(0)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [rng.standard_normal(s).astype("float32") for s in shapes] for _ in range(8)
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    keras.backend.clear_session()
+    interpreter = Interpreter(model_content=converter.convert(), num_threads=os.cpu_count())
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    result = _time(lambda _: interpreter.invoke(), None)
+    result["operators"] = sorted({d["op_name"] for d in interpreter._get_ops_details()})
+    return result
+
+
+WORKERS = {
+    "recipe-accuracy": work_recipe_accuracy,
+    "recipe-build": work_recipe_build,
+    "recipe-time": work_recipe_time,
+    "attention": work_attention,
+}
+
+
+def run_worker(args, name, *params):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, *params, "--",
+           "--epochs", str(args.epochs), "--rounds", str(args.rounds)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"{name} {params} failed:\n{out.stderr[-2000:]}")
+    return json.loads([line for line in out.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
+
+
+def _cpu():
+    sys.path.insert(0, HERE)
+    from benchmark import _cpu_model
+
+    return _cpu_model()
+
+
+def study_recipes(args):
+    accuracy = run_worker(args, "recipe-accuracy")
+    paths = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, recipe in enumerate(accuracy):
+            paths[recipe] = os.path.join(tmp, f"recipe{i}.xml")
+            run_worker(args, "recipe-build", recipe, paths[recipe])
+        times = {recipe: [] for recipe in paths}
+        for _ in range(args.rounds):  # interleaved, each run its own process
+            for recipe, path in paths.items():
+                times[recipe].append(run_worker(args, "recipe-time", path)["median_ms"])
+    print(f"\nNNCF int8 recipes; accuracy: digits model ({args.epochs} epochs), 96 held-out images; "
+          f"speed: Next-ViT-S 224 batch 1, median of {args.rounds} rounds, {_cpu()}")
+    print(f"{'recipe':<52}{'input-dep. cosine':>18}{'top-1':>8}{'ms':>8}")
+    for recipe, result in accuracy.items():
+        print(f"{recipe:<52}{result['cosine_input_dependent']:>18.4f}{result['top1']:>8.3f}"
+              f"{statistics.median(times[recipe]):>8.2f}")
+
+
+def study_attention(args):
+    rows = {(form, q): [] for form in ("batched", "per-head") for q in ("float32", "int8")}
+    for _ in range(args.rounds):
+        for form, quantize in rows:
+            rows[(form, quantize)].append(run_worker(args, "attention", form, quantize))
+    print(f"\nE-MHSA attention alone ({HEADS} heads, {QUERIES} queries, {KEYS} keys, {CHANNELS} channels), "
+          f"TFLite, median of {args.rounds} rounds, {_cpu()}")
+    for (form, quantize), results in rows.items():
+        ms = statistics.median(r["median_ms"] for r in results)
+        print(f"{form:<10}{quantize:<9}{ms:>8.3f} ms  {', '.join(results[0]['operators'])}")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        split = argv.index("--")
+        name, params = argv[1], argv[2:split]
+        args = parse(argv[split + 1 :] + ["recipes"])
+        print("RESULT " + json.dumps(WORKERS[name](args, *params)))  # NNCF's progress shares stdout
+        return
+    args = parse(argv)
+    {"recipes": study_recipes, "attention": study_attention}[args.study](args)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=["recipes", "attention"])
+    parser.add_argument("--epochs", type=int, default=4, help="digits training epochs")
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main()
