@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -121,15 +120,10 @@ def work_recipe_build(args, recipe, path):
     return {}
 
 
-def _time(fn, x, warmup=5, repeats=30):
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+def _time(fn, x):
+    from keras_nextvit.exporters.verify import latency_ms
+
+    return latency_ms(fn, x, warmup=5, repeats=30)
 
 
 def work_recipe_time(args, path):
