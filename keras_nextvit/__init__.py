@@ -58,3 +58,19 @@ __all__ = [
     "torch_state_dict_spec",
     "unfreeze",
 ]
+
+
+
+def _keras_hub_installed():
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("keras_hub") is not None
+    except ValueError:  # sys.modules["keras_hub"] is None: import blocked
+        return False
+
+
+if _keras_hub_installed():
+    # Registers NextViTBackbone & co. with Keras and keras-hub, so that
+    # keras_hub.models.ImageClassifier.from_preset(folder) finds them.
+    from . import hub  # noqa: F401

@@ -6,6 +6,7 @@
     keras-nextvit export OUT --format tflite --quantize int8 --representative-data DIR
     keras-nextvit segment IMAGE --weights CKPT --head fpn -o overlay.png
     keras-nextvit info --segmentation  # the segmenters' parameters and FLOPs at 512x2048
+    keras-nextvit hub-preset SRC DIR   # preset name or checkpoint -> keras-hub preset folder
 """
 
 import argparse
@@ -204,6 +205,25 @@ def _segment(args):
     return 0
 
 
+def _hub_preset(args):
+    try:
+        from . import hub
+    except ImportError as error:
+        raise ImportError(str(error)) from None
+    print(f"building the keras-hub classifier from {args.source} ...")
+    classifier = hub.save_preset(
+        args.source, args.folder, variant=args.variant, image_size=args.image_size,
+        crop_pct=args.crop_pct,
+    )
+    converter = classifier.preprocessor.image_converter
+    print(f"wrote {args.folder}: NextViTImageClassifier, {classifier.num_classes} classes, "
+          f"{classifier.count_params():,} parameters; preprocessor: crop {converter.crop_size} "
+          f"at crop_pct {converter.crop_pct}")
+    print("load it with: import keras_hub, keras_nextvit; "
+          f"keras_hub.models.ImageClassifier.from_preset({args.folder!r})")
+    return 0
+
+
 # Every export's quantize modes (tflite.QUANTIZE_MODES, then TensorRT's
 # precisions that TFLite lacks); ``export`` checks them per format.
 QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8", "int8_float_attention")
@@ -263,6 +283,17 @@ def build_parser():
     convert.add_argument("--variant", choices=["small", "base", "large"])
     convert.add_argument("--input-size", type=int)
     convert.set_defaults(run=_convert)
+
+    hub = commands.add_parser(
+        "hub-preset", help="preset name or checkpoint -> keras-hub preset folder (needs keras-hub)"
+    )
+    hub.add_argument("source", help="a preset name (see `info`) or a checkpoint file")
+    hub.add_argument("folder", help="the preset folder to write")
+    hub.add_argument("--variant", choices=["small", "base", "large"],
+                     help="checked against the checkpoint (read from it when not given)")
+    hub.add_argument("--image-size", type=int, help="the preprocessor's crop (default: the preset's)")
+    hub.add_argument("--crop-pct", type=float, help="crop over resize size (default: the preset's)")
+    hub.set_defaults(run=_hub_preset)
     return parser
 
 

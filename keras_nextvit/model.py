@@ -149,11 +149,8 @@ def NextViT(
     else:
         inputs = input_tensor
 
-    x = InputCheck(channels=shape[-1], min_size=presets.MIN_INPUT_SIZE, name="input_check")(
-        inputs
-    )
-    stages = build_stages(
-        x,
+    stages, x = build_trunk(
+        inputs,
         plan,
         stem_channels=stem_channels,
         strides=strides,
@@ -164,7 +161,6 @@ def NextViT(
         dropout_rate=dropout_rate,
         attention_dropout_rate=attention_dropout_rate,
     )
-    x = _batch_norm("norm")(stages[-1])
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dense(
@@ -180,6 +176,18 @@ def NextViT(
     if weights is not None:
         weights_lib.load_weights(model, weights)
     return model
+
+
+def build_trunk(inputs, plan, **config):
+    """Input check, stem, stages and the final BatchNorm on the Keras tensor
+    ``inputs``: ``(stage_outputs, normalised_last_map)``. ``config``: the
+    keyword arguments of :func:`build_stages`. The classifier and
+    ``keras_nextvit.hub.NextViTBackbone`` are both built by this."""
+    x = InputCheck(channels=inputs.shape[-1], min_size=presets.MIN_INPUT_SIZE, name="input_check")(
+        inputs
+    )
+    stages = build_stages(x, plan, **config)
+    return stages, _batch_norm("norm")(stages[-1])
 
 
 def build_stages(

@@ -21,6 +21,7 @@ EXPECTED_FIGURES = {
     "05_segmentation": [
         "05_photo_segmentation.png", "05_scenes.png", "05_curves.png", "05_predictions.png",
     ],
+    "06_keras_hub": ["06_deeplab.png", "06_detections.png"],
 }
 
 
