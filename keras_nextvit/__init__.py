@@ -60,17 +60,52 @@ __all__ = [
 ]
 
 
+def _register_with_keras_hub():
+    """Import :mod:`keras_nextvit.hub` (which registers NextViTBackbone & co.
+    with Keras, so that ``keras_hub.models.ImageClassifier.from_preset(folder)``
+    finds them) as soon as keras-hub is imported, whichever comes first.
 
-def _keras_hub_installed():
+    keras-hub imports TensorFlow for its tf.data preprocessing, so importing
+    it eagerly here would load TensorFlow on every backend for users who never
+    touch keras-hub. Instead a one-shot import hook waits for ``keras_hub``.
+    """
+    import importlib.abc
     import importlib.util
 
-    try:
-        return importlib.util.find_spec("keras_hub") is not None
-    except ValueError:  # sys.modules["keras_hub"] is None: import blocked
-        return False
+    def register():
+        from . import hub  # noqa: F401
+
+    if sys.modules.get("keras_hub") is not None:
+        register()
+        return
+
+    class _AfterKerasHub(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != "keras_hub":
+                return None
+            sys.meta_path.remove(self)  # one shot; also stops the recursion below
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                execute(module)
+                register()
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    if not any(type(finder).__name__ == "_AfterKerasHub" for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterKerasHub())
 
 
-if _keras_hub_installed():
-    # Registers NextViTBackbone & co. with Keras and keras-hub, so that
-    # keras_hub.models.ImageClassifier.from_preset(folder) finds them.
-    from . import hub  # noqa: F401
+def __getattr__(name):
+    if name == "hub":  # keras_nextvit.hub without importing keras-hub first
+        import importlib
+
+        return importlib.import_module(".hub", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_register_with_keras_hub()

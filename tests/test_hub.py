@@ -253,6 +253,29 @@ def test_cli_hub_preset(hub_preset, tmp_path, capsys):
     assert "Unknown preset" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("order", ["keras_nextvit, keras_hub", "keras_hub, keras_nextvit"])
+def test_registered_once_keras_hub_is_imported(order):
+    """keras-hub loads TensorFlow, so ``import keras_nextvit`` leaves it alone
+    on other backends; the hub classes are registered as soon as keras_hub is
+    imported, before or after keras_nextvit."""
+    code = f"""
+        import sys, keras
+        for name in "{order}".split(", "):
+            __import__(name)
+            if name == "keras_nextvit":
+                print("HUB_AFTER_NEXTVIT", "keras_hub" in sys.modules)
+        print("REGISTERED", keras.saving.get_registered_object("keras_nextvit>NextViTBackbone") is not None)
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "REGISTERED True" in out.stdout, out.stdout
+    if order.startswith("keras_nextvit"):
+        assert "HUB_AFTER_NEXTVIT False" in out.stdout, out.stdout
+
+
 def test_without_keras_hub():
     """Without keras-hub, keras_nextvit imports and keras_nextvit.hub (and the
     command) say what to install."""
@@ -260,7 +283,7 @@ def test_without_keras_hub():
         import sys
         sys.modules["keras_hub"] = None
         import keras_nextvit
-        assert not hasattr(keras_nextvit, "hub") or "keras_nextvit.hub" not in sys.modules
+        assert "keras_nextvit.hub" not in sys.modules
         try:
             import keras_nextvit.hub
         except ImportError as error:

@@ -1,7 +1,8 @@
 """Next-ViT in keras-hub's task API (needs the ``keras-hub`` extra).
 
-Importing ``keras_nextvit`` imports this module when keras-hub is installed,
-which registers the classes below with Keras and keras-hub: keras-hub's
+Once both ``keras_nextvit`` and ``keras_hub`` are imported (in either order),
+this module is imported too, which registers the classes below with Keras and
+keras-hub: keras-hub's
 ``ImageClassifier.from_preset(folder)`` then finds them for a preset folder
 written by :func:`save_preset`, and ``NextViTBackbone`` can be the
 ``image_encoder`` of keras-hub's DeepLabV3 and RetinaNet backbones.
