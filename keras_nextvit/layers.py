@@ -27,10 +27,18 @@ The maths of each block lives in its ``call``:
 1x1 convolutions are ``Dense`` layers on the channel axis: on channels-last
 tensors they are the same matrix product, and ``Dense`` is what Keras' own
 int8 quantization and XNNPACK handle best.
+
+Blocks call their sub-layers through :func:`keras_nextvit.torch_fast.run`:
+the layer itself on TensorFlow and JAX, the same function computed directly
+in PyTorch on the PyTorch backend (where Keras' per-call overhead and layout
+copies doubled the model's time).
 """
 
 import keras
 from keras import ops
+
+from . import torch_fast
+from .torch_fast import run
 
 BN_EPSILON = 1e-5
 # PyTorch's momentum 0.1 updates running = 0.9 * running + 0.1 * batch;
@@ -92,6 +100,7 @@ class _Composite(keras.layers.Layer):
                 yield attr, child
 
 
+@torch_fast.register_dropout
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class DropPath(keras.layers.Layer):
     """Stochastic depth: drops the whole residual branch per sample.
@@ -168,11 +177,13 @@ class ConvBNReLU(_Composite):
         return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
 
     def call(self, x, training=None):
-        if self.explicit_pad:
-            p = self.pad
-            x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-        x = self.conv(x)
-        return ops.relu(x if self.norm is None else self.norm(x, training=training))
+        out = torch_fast.conv2d(self.conv, x, padding=self.pad)
+        if out is None:
+            if self.explicit_pad:
+                p = self.pad
+                x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+            out = self.conv(x)
+        return ops.relu(out if self.norm is None else run(self.norm, out, training))
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(self._padded_shape(input_shape))
@@ -193,6 +204,7 @@ def _pooled_size(size):
     return None if size is None else (size + 1) // 2
 
 
+@torch_fast.register_block
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class PatchEmbed(_Composite):
     """Down-sampling and channel change at the start of a block.
@@ -233,11 +245,14 @@ class PatchEmbed(_Composite):
             # TensorFlow-style "same" average pooling pads odd sizes at the
             # end and excludes the padding from the mean: exactly PyTorch's
             # AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False).
-            x = ops.average_pool(x, pool_size=2, strides=2, padding="same")
+            pooled = torch_fast.average_pool_2x2(x)
+            if pooled is None:
+                pooled = ops.average_pool(x, pool_size=2, strides=2, padding="same")
+            x = pooled
         if self.conv is None:
             return x
-        x = self.conv(x)
-        return x if self.norm is None else self.norm(x, training=training)
+        x = run(self.conv, x)
+        return x if self.norm is None else run(self.norm, x, training)
 
     def compute_output_shape(self, input_shape):
         shape = self._pooled_shape(input_shape)
@@ -249,6 +264,7 @@ class PatchEmbed(_Composite):
         return config
 
 
+@torch_fast.register_block
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MHCA(_Composite):
     """Multi-Head Convolutional Attention.
@@ -297,6 +313,9 @@ class MHCA(_Composite):
         conv per head: XLA on CPU runs the grouped convolution of stage 1
         3x slower than this, and tf2onnx cannot convert Keras' grouped conv.
         """
+        out = torch_fast.conv2d(self.group_conv3x3, x, padding=1)  # one grouped conv
+        if out is not None:
+            return out
         if not self.split_heads:
             return self.group_conv3x3(x)
         kernel = self.group_conv3x3.kernel
@@ -311,8 +330,8 @@ class MHCA(_Composite):
     def call(self, x, training=None):
         x = self._grouped_conv(x)
         if self.norm is not None:
-            x = self.norm(x, training=training)
-        return self.projection(ops.relu(x))
+            x = run(self.norm, x, training)
+        return run(self.projection, ops.relu(x))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
@@ -325,6 +344,7 @@ class MHCA(_Composite):
         return config
 
 
+@torch_fast.register_block
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MLP(_Composite):
     """Pointwise feed-forward: fc1 -> ReLU -> dropout -> fc2 -> dropout."""
@@ -357,8 +377,8 @@ class MLP(_Composite):
     def call(self, x, training=None):
         if self.hidden_chunks > 1 and not training and self._float_weights():
             return self._chunked(x)
-        x = self.drop(ops.relu(self.fc1(x)), training=training)
-        return self.drop(self.fc2(x), training=training)
+        x = run(self.drop, ops.relu(run(self.fc1, x)), training)
+        return run(self.drop, run(self.fc2, x), training)
 
     def _float_weights(self):
         # Keras-quantized Dense layers keep their kernels in another form.
@@ -434,11 +454,11 @@ class NCB(_Composite):
         self.mlp.build(shape)
 
     def call(self, x, training=None):
-        x = self.patch_embed(x, training=training)
-        x = x + self.attn_drop_path(self.mhca(x, training=training), training=training)
-        out = x if self.norm is None else self.norm(x, training=training)
-        out = self.mlp(out, training=training)
-        return x + self.mlp_drop_path(out, training=training)
+        x = run(self.patch_embed, x, training)
+        x = x + run(self.attn_drop_path, run(self.mhca, x, training), training)
+        out = x if self.norm is None else run(self.norm, x, training)
+        out = run(self.mlp, out, training)
+        return x + run(self.mlp_drop_path, out, training)
 
     def compute_output_shape(self, input_shape):
         return self.patch_embed.compute_output_shape(input_shape)
@@ -456,6 +476,7 @@ class NCB(_Composite):
         return config
 
 
+@torch_fast.register_block
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class EfficientMHSA(_Composite):
     """Efficient Multi-Head Self Attention (E-MHSA) over a token sequence.
@@ -529,20 +550,20 @@ class EfficientMHSA(_Composite):
                 f"reduction window of {self.pool_size} (sr_ratio={self.sr_ratio}); "
                 "the input image is too small for this model."
             )
-        q = self._split_heads(self.q(x))
+        q = self._split_heads(run(self.q, x))
         if self.pool_size > 1:
             x = ops.average_pool(
                 x, pool_size=self.pool_size, strides=self.pool_size, padding="valid"
             )
             if self.norm is not None:  # absent in the deploy form: merged into k, v
-                x = self.norm(x, training=training)
-        k = self._split_heads(self.k(x))
-        v = self._split_heads(self.v(x))
+                x = run(self.norm, x, training)
+        k = self._split_heads(run(self.k, x))
+        v = self._split_heads(run(self.v, x))
         scores = ops.matmul(q * self.scale, ops.transpose(k, (0, 1, 3, 2)))
         attention = ops.softmax(scores, axis=-1)
-        out = ops.matmul(self.attn_drop(attention, training=training), v)
+        out = ops.matmul(run(self.attn_drop, attention, training), v)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (ops.shape(out)[0], -1, self.dim))
-        out = self.proj_drop(self.proj(out), training=training)
+        out = run(self.proj_drop, run(self.proj, out), training)
         if return_attention_scores:
             return out, attention
         return out
@@ -655,24 +676,24 @@ class NTB(_Composite):
         """E-MHSA over the flattened (row-major) feature map, back to 2-D."""
         shape = ops.shape(x)
         if self.norm1 is not None:
-            x = self.norm1(x, training=training)
+            x = run(self.norm1, x, training)
         tokens = ops.reshape(x, (shape[0], -1, self.mhsa_filters))
-        result = self.e_mhsa(
-            tokens, training=training, return_attention_scores=return_attention_scores
+        result = run(
+            self.e_mhsa, tokens, training, return_attention_scores=return_attention_scores
         )
         out, attention = result if return_attention_scores else (result, None)
         return ops.reshape(out, shape), attention
 
     def call(self, x, training=None, return_attention_scores=False):
-        x = self.patch_embed(x, training=training)
+        x = run(self.patch_embed, x, training)
         out, attention = self._attention_branch(x, training, return_attention_scores)
-        x = x + self.mhsa_drop_path(out, training=training)
-        out = self.projection(x, training=training)
-        out = out + self.mhca_drop_path(self.mhca(out, training=training), training=training)
+        x = x + run(self.mhsa_drop_path, out, training)
+        out = run(self.projection, x, training)
+        out = out + run(self.mhca_drop_path, run(self.mhca, out, training), training)
         x = ops.concatenate([x, out], axis=-1)
-        out = x if self.norm2 is None else self.norm2(x, training=training)
-        out = self.mlp(out, training=training)
-        x = x + self.mlp_drop_path(out, training=training)
+        out = x if self.norm2 is None else run(self.norm2, x, training)
+        out = run(self.mlp, out, training)
+        x = x + run(self.mlp_drop_path, out, training)
         if return_attention_scores:
             return x, attention
         return x

@@ -35,3 +35,76 @@ def test_parity_on_backend(backend, module):
     tail = (result.stdout + result.stderr)[-4000:]
     assert result.returncode == 0, f"parity on {backend} failed:\n{tail}"
     assert " passed" in result.stdout and "failed" not in result.stdout, tail
+
+
+TORCH_DIRECT_FORMS = r"""
+import numpy as np, keras, torch
+import keras_nextvit
+from keras_nextvit import torch_fast
+
+assert torch_fast.active()
+keras.utils.set_random_seed(0)
+model = keras_nextvit.NextViT((1, 1, 5, 1), input_shape=(64, 64, 3), classes=10, drop_path_rate=0.0)
+rng = np.random.default_rng(0)
+for layer in model._flatten_layers():  # non-trivial BatchNorm statistics
+    if isinstance(layer, keras.layers.BatchNormalization):
+        n = layer.moving_mean.shape[0]
+        layer.moving_mean.assign(rng.normal(0, 0.1, n))
+        layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+x = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+y = np.array([3, 7])
+
+def forward(m):
+    return keras.ops.convert_to_numpy(m(x, training=False))
+
+direct = forward(model)
+with torch_fast.disabled():
+    plain = forward(model)
+assert np.abs(direct - plain).max() <= 1e-5 * np.abs(plain).max(), np.abs(direct - plain).max()
+print("INFERENCE OK")
+
+merged = keras_nextvit.merge_batchnorm(model)  # the deploy form takes the same route
+a = forward(merged)
+with torch_fast.disabled():
+    b = forward(merged)
+assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+print("DEPLOY OK")
+
+# One training step from the same weights: same loss, same updated weights
+# (gradients flow through the direct forms; BatchNorm trains in Keras' form).
+weights = model.get_weights()
+results = []
+for ctx in (torch_fast.disabled, None):
+    model.set_weights(weights)
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if ctx is None:
+        loss = model.train_on_batch(x, y)
+    else:
+        with ctx():
+            loss = model.train_on_batch(x, y)
+    results.append((float(loss), model.get_weights()))
+(loss_plain, w_plain), (loss_direct, w_direct) = results
+assert abs(loss_plain - loss_direct) <= 1e-5 * abs(loss_plain), (loss_plain, loss_direct)
+# Biases that start at zero move by ~1e-8 here: compare with an absolute floor.
+worst = max(np.abs(p - d).max() / (np.abs(p).max() + 1e-3) for p, d in zip(w_plain, w_direct))
+assert worst <= 1e-4, worst
+moved = max(np.abs(p - w).max() for p, w in zip(w_direct, weights))
+assert moved > 1e-3, moved  # the step did change the weights
+print("TRAINING OK")
+"""
+
+
+def test_torch_direct_forms_match_keras():
+    """On the PyTorch backend the blocks compute their sub-layers directly in
+    PyTorch (keras_nextvit.torch_fast); that form must equal Keras' own, in
+    inference, in the deploy form and through a training step."""
+    if importlib.util.find_spec("torch") is None:
+        if os.environ.get("CI"):
+            pytest.fail("torch is not installed; CI must test the torch backend.")
+        pytest.skip("torch is not installed")
+    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_DIRECT_FORMS], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "TRAINING OK" in result.stdout
