@@ -17,9 +17,40 @@ def run(*args, timeout=600):
     )
 
 
-def test_info_prints_counts_against_the_paper():
-    result = run("info")
+HELP = r"""
+import sys
+from keras_nextvit.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+print("LOADED", sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["export", "--help"], ["hub-preset", "--help"]])
+def test_help_needs_no_backend(args):
+    """``keras-nextvit --help`` answers at once: importing the package and the
+    command line loads neither Keras nor any backend."""
+    result = subprocess.run(
+        [sys.executable, "-c", HELP, *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage: keras-nextvit" in result.stdout
+    assert "LOADED []" in result.stdout, result.stdout[-500:]
+    assert result.stderr == ""
+
+
+def test_info_prints_counts_against_the_paper():
+    result = subprocess.run(  # as a user runs it: no TF_CPP_MIN_LOG_LEVEL of ours
+        [sys.executable, "-m", "keras_nextvit.cli", "info"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # TensorFlow's start-up lines (absl, oneDNN, CUDA probes) are silenced.
+    for noise in ("absl", "oneDNN", "cuda"):
+        assert noise not in result.stderr, result.stderr[-2000:]
     out = result.stdout
     for line in ("31,763,368", "44,818,856", "57,874,344", "5.79", "8.27", "10.75"):
         assert line in out

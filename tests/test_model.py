@@ -152,6 +152,38 @@ def test_keras_file_round_trip(trained_like, tmp_path):
     np.testing.assert_array_equal(restored.predict(x, verbose=0), trained_like.predict(x, verbose=0))
 
 
+LOAD_IN_A_FRESH_PROCESS = r"""
+import sys
+import keras_nextvit  # before Keras: its modules load (and register) once Keras is imported
+import keras
+import numpy as np
+model = keras.saving.load_model(sys.argv[1])
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+"""
+
+
+def test_keras_file_loads_after_import_keras_nextvit(tmp_path):
+    """``import keras_nextvit`` is lazy (the command line answers without
+    Keras), yet ``keras.saving.load_model`` right after it finds every layer
+    and segmenter class, whichever of keras and keras_nextvit came first."""
+    import os
+    import subprocess
+    import sys
+
+    keras.utils.set_random_seed(0)
+    model = keras_nextvit.NextViTSegmenter((1, 1, 5, 1), "fpn", num_classes=3, input_shape=(64, 64, 3))
+    model.save(tmp_path / "segmenter.keras")
+    x = images((1, 64, 64, 3))
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    args = [str(tmp_path / name) for name in ("segmenter.keras", "x.npy", "y.npy")]
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS, *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
 def test_config_round_trip(trained_like):
     x = images((2, 64, 64, 3))
     clone = keras.Model.from_config(trained_like.get_config())

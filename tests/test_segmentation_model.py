@@ -303,7 +303,11 @@ def test_importing_the_package_loads_no_tensorflow_on_other_backends():
     import sys
 
     pytest.importorskip("jax")
-    code = "import sys, keras_nextvit; print('tensorflow' in sys.modules)"
+    # keras first: the package then loads all its modules (registering them with Keras)
+    code = (
+        "import sys, keras, keras_nextvit; assert 'keras_nextvit.segmentation.model' in sys.modules; "
+        "print('tensorflow' in sys.modules)"
+    )
     env = dict(os.environ, KERAS_BACKEND="jax")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
