@@ -4,6 +4,7 @@
     python tools/benchmark.py                         # everything, Next-ViT-S, 224, batch 1 and 8
     python tools/benchmark.py --only keras --batch 1  # the Keras rows only (issue #2's bar)
     python tools/benchmark.py --variant base --size 384
+    python tools/benchmark.py --only backends         # issue #15: every Keras backend vs the reference
     python tools/benchmark.py --task segmentation --head fpn --size 512      # the segmenters,
     python tools/benchmark.py --task segmentation --head upernet --size 512  # batch 1
 
@@ -21,8 +22,17 @@ exports   TFLite fp32 / fp16 / int8 (full-integer) / int8 with float attention
           once into --artifacts
 torch     the PyTorch reference (tools/torch_reference.py) in eager mode,
           and the same model exported by torch.onnx in ONNX Runtime
+backends  (issue #15) the Keras model on each backend, inference with
+          ``model.predict_on_batch``: TensorFlow (XLA), JAX (jit), PyTorch
+          eager and PyTorch ``jit_compile=True`` (torch.compile; its compile
+          time reported); one training step (``train_on_batch``, AdamW,
+          batch 8, the backend's default compilation) on each backend; and
+          the PyTorch reference eagerly (inference, and a training step of
+          the same optimizer and batch)
 
-Bars: issue #2, best Keras row <= 0.75 x torch eager; issue #3, our ONNX
+Bars: issue #15, the Keras model on PyTorch and on JAX <= 1.0 x the
+reference eagerly, inference at each batch size; a training step on every
+backend <= 1.3 x the reference's. Issue #2, best Keras row <= 0.75 x torch eager; issue #3, our ONNX
 and TFLite fp32 within 10% of torch->ONNX in ONNX Runtime, our int8
 TFLite at most half of it; issue #13, OpenVINO fp32 <= 1.10 x torch->ONNX
 ORT, the best int8 route <= 0.22 x, full-integer int8 (TFLite ``int8``)
@@ -263,6 +273,67 @@ def work_torch_eager(args):
     return {"median_ms": median, "min_ms": min(times)}
 
 
+def _predict_latency(model, x, args):
+    """Median latency of ``model.predict_on_batch(x)``; the first call
+    (tracing and compiling) is timed apart."""
+    start = time.perf_counter()
+    model.predict_on_batch(x)
+    first_s = time.perf_counter() - start
+    result = _median_ms(model.predict_on_batch, x, args.warmup, args.repeats)
+    result["first_call_s"] = first_s
+    return result
+
+
+def work_backend(args, backend, mode):
+    """The Keras model on ``backend`` (this process's KERAS_BACKEND):
+    inference (``mode`` eager / jit) or one training step (``train``)."""
+    import keras
+    import numpy as np
+
+    assert keras.backend.backend() == backend, keras.backend.backend()
+    model = _keras_model(args)
+    if mode == "train":
+        batch = args.batch[0]
+        x = _images(batch, args.size)
+        y = np.arange(batch) % 1000
+        model.compile(
+            optimizer=keras.optimizers.AdamW(1e-4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        first_s = time.perf_counter() - start
+        result = _median_ms(lambda _: model.train_on_batch(x, y), None, 2, max(3, args.repeats // 4))
+        result["first_call_s"] = first_s
+        return result
+    model.compile(jit_compile=(mode == "jit"))
+    return _predict_latency(model, _images(args.batch[0], args.size), args)
+
+
+def work_torch_train(args):
+    """One training step of the PyTorch reference: forward, cross-entropy,
+    backward, AdamW, batch ``--batch`` (the reference's training recipe's
+    optimizer; eager)."""
+    import torch
+
+    sys.path.insert(0, HERE)
+    import torch_reference
+
+    model = torch_reference.build(args.variant).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = args.batch[0]
+    x = torch.from_numpy(_images(batch, args.size).transpose(0, 3, 1, 2).copy())
+    y = torch.arange(batch) % 1000
+
+    def step(_):
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return _median_ms(step, None, 2, max(3, args.repeats // 4))
+
+
 def work_peak(args):
     import tensorflow as tf
 
@@ -284,18 +355,33 @@ WORKERS = {
     "openvino": work_openvino,
     "torch-onnx-export": work_torch_onnx_export,
     "torch-eager": work_torch_eager,
+    "torch-train": work_torch_train,
+    "backend": work_backend,
     "peak": work_peak,
 }
 
+# backends rows: row -> (KERAS_BACKEND, worker parameters)
+BACKEND_ROWS = {
+    "keras on tensorflow (XLA)": ("tensorflow", "jit"),
+    "keras on jax (jit)": ("jax", "jit"),
+    "keras on torch (eager)": ("torch", "eager"),
+    "keras on torch (jit_compile)": ("torch", "jit"),
+}
+BACKEND_TRAIN_ROWS = {
+    "train step, keras on tensorflow": "tensorflow",
+    "train step, keras on jax": "jax",
+    "train step, keras on torch": "torch",
+}
 
-def run_worker(args, batch, name, *params):
+
+def run_worker(args, batch, name, *params, backend="tensorflow"):
     cmd = [
         sys.executable, os.path.abspath(__file__), "--worker", name, *map(str, params), "--",
         "--variant", args.variant, "--size", str(args.size), "--batch", str(batch),
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
         "--task", args.task, "--head", args.head,
     ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
     env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -385,15 +471,19 @@ def main(argv=None):
             plan["openvino bf16"] = ("openvino", artifacts["openvino fp32"], "bf16")
         if "tflite fp16" in artifacts:
             plan["tflite fp16, fp16 arithmetic"] = ("tflite-fp16-arithmetic", artifacts["tflite fp16"])
-        if "torch" in groups:
+        if "torch" in groups or "backends" in groups:
             plan["torch eager (reference)"] = ("torch-eager",)
+        if "backends" in groups and args.task != "segmentation":
+            for row, (backend, mode) in BACKEND_ROWS.items():
+                plan[row] = ("backend", backend, mode)
         # Rounds interleave the rows, so a slow spell of a shared machine
         # lands on every row rather than on one; a row reports the median of
         # its rounds' medians.
         runs = {row: [] for row in plan}
         for _ in range(args.rounds):
             for row, (worker, *params) in plan.items():
-                runs[row].append(run_worker(args, batch, worker, *params))
+                backend = params[0] if worker == "backend" else "tensorflow"
+                runs[row].append(run_worker(args, batch, worker, *params, backend=backend))
         rows = {row: _combine(results) for row, results in runs.items()}
         for row, path in artifacts.items():
             rows[row]["size_mb"] = _artifact_mb(path)
@@ -423,13 +513,18 @@ def main(argv=None):
                     for base, w in ((ref, 11), (eager, 9))
                 )
             cosine = r.get("cosine_vs_fp32_arithmetic")
+            first = r.get("first_call_s")
             print(f"{batch:>5}  {name:<30}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
                   f"{r['median_ms'] / batch:>10.1f}{size}{ratios}"
-                  + (f"  (logits cosine {cosine:.5f} vs float32 arithmetic)" if cosine else ""))
+                  + (f"  (logits cosine {cosine:.5f} vs float32 arithmetic)" if cosine else "")
+                  + (f"  (first call {first:.1f} s)" if first is not None else ""))
         if segmentation:
             report_segmentation_bar(batch, rows)
         else:
             report_bars(batch, rows)
+
+    if "backends" in groups and not segmentation:
+        report_training(args)
 
     if "keras" in groups and not segmentation:
         from keras_nextvit.presets import PAPER
@@ -440,12 +535,38 @@ def main(argv=None):
               f"~{gflop:.1f} GFLOP (2 x MACs), ~{gflop / peak['gflops'] * 1e3:.0f} ms at that rate")
 
 
+def report_training(args, batch=8):
+    """Issue #15's training rows: one step per backend and the reference's,
+    batch 8, interleaved rounds, each in its own process."""
+    plan = {"train step, torch reference (eager)": ("torch-train", "tensorflow")}
+    plan.update({row: ("backend", backend) for row, backend in BACKEND_TRAIN_ROWS.items()})
+    runs = {row: [] for row in plan}
+    for _ in range(args.rounds):
+        for row, (worker, backend) in plan.items():
+            params = (backend, "train") if worker == "backend" else ()
+            runs[row].append(run_worker(args, batch, worker, *params, backend=backend))
+    rows = {row: _combine(results) for row, results in runs.items()}
+    print(f"\nOne training step, batch {batch}, {args.size}x{args.size} (AdamW, cross-entropy):")
+    ref = _ms(rows, "train step, torch reference (eager)")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{batch:>5}  {name:<36}  failed: {r['error']}")
+            continue
+        first = r.get("first_call_s")
+        ratio = f"  issue #15: / reference = {r['median_ms'] / ref:.2f}" if ref and "keras" in name else ""
+        verdict = f" ({'meets' if r['median_ms'] / ref <= 1.3 else 'misses'} <= 1.30)" if ratio else ""
+        print(f"{batch:>5}  {name:<36}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
+              + (f"  (first call {first:.1f} s)" if first is not None else "") + ratio + verdict)
+
+
 def _combine(results):
     ok = [r for r in results if "error" not in r]
     if not ok:
         return results[0]
     median = statistics.median(r["median_ms"] for r in ok)
     combined = {"median_ms": median, "min_ms": min(r["min_ms"] for r in ok), "rounds": len(ok)}
+    if "first_call_s" in ok[0]:
+        combined["first_call_s"] = statistics.median(r["first_call_s"] for r in ok)
     if "cosine_vs_fp32_arithmetic" in ok[0]:
         combined["cosine_vs_fp32_arithmetic"] = min(r["cosine_vs_fp32_arithmetic"] for r in ok)
     return combined
@@ -458,6 +579,14 @@ def _ms(rows, name):
 
 def report_bars(batch, rows):
     eager = _ms(rows, "torch eager (reference)")
+    if eager:
+        for name in ("keras on torch (eager)", "keras on torch (jit_compile)", "keras on jax (jit)",
+                     "keras on tensorflow (XLA)"):
+            ms = _ms(rows, name)
+            if ms:
+                ratio = ms / eager
+                bar = "" if "tensorflow" in name else f" ({'meets' if ratio <= 1.0 else 'misses'} <= 1.00)"
+                print(f"{batch:>5}  issue #15: {name} / torch eager = {ratio:.2f}{bar}")
     keras_best = min(
         (v for v in (_ms(rows, "keras tf.function"), _ms(rows, "keras XLA")) if v), default=None
     )
@@ -520,7 +649,7 @@ def parse(argv):
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every row this many times, interleaved; report the median")
-    parser.add_argument("--only", nargs="+", choices=["keras", "exports", "torch"])
+    parser.add_argument("--only", nargs="+", choices=["keras", "exports", "torch", "backends"])
     parser.add_argument("--artifacts", default=os.path.join(ROOT, "out", "benchmark"),
                         help="where exported models are built and kept")
     parser.add_argument("--rebuild", action="store_true", help="re-export the artifacts")

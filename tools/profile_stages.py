@@ -3,6 +3,7 @@
 
     python tools/profile_stages.py                  # Next-ViT-S, 224, batch 1
     python tools/profile_stages.py --runtimes xla tflite-int8
+    python tools/profile_stages.py --backends       # the Keras model per backend
 
 For each runtime the model is cut after stage 1, 2, 3 and 4 (prefixes of
 ``feature_extractor``); the time a stage adds is the difference between
@@ -18,6 +19,13 @@ ONNX export in ONNX Runtime, stage by stage beside ``tflite-fp32``, and
 every stem layer and block is exported alone and timed in both. Last, the
 MLP of every stage in TFLite (XNNPACK; whole and in the export's slices)
 and ONNX Runtime, float32.
+
+``--backends`` instead profiles the Keras model on each Keras backend
+(TensorFlow/XLA, JAX/jit, PyTorch eager, each in its own process) beside the
+PyTorch reference: the time each stage adds, and for PyTorch (Keras and the
+reference) the operators that take the time in one forward pass, from
+``torch.profiler`` (issue #15: how the PyTorch backend lost half its speed to
+Keras' per-layer overhead, layout copies and slow per-head convolutions).
 
 This is how the int8 attention slowdown (TFLite's int8 BATCH_MATMUL has no
 XNNPACK kernel), the gap between XLA and XNNPACK on MHCA's grouped
@@ -146,6 +154,92 @@ def work_torch_stages(variant, size):
 
     with torch.inference_mode():
         return [_median_ms(lambda t, k=k: prefix(t, k), x) for k in range(4)]
+
+
+def work_backend_stages(backend, variant, size):
+    """The Keras model on ``backend`` (this process's KERAS_BACKEND), cut
+    after each stage; on PyTorch also the operator profile of one forward."""
+    import keras
+    import numpy as np
+
+    import keras_nextvit
+    from keras_nextvit.presets import VARIANTS
+
+    model = keras_nextvit.NextViT(depths=VARIANTS[variant]["depths"], input_shape=(size, size, 3))
+    images = np.random.default_rng(0).uniform(-2, 2, (1, size, size, 3)).astype("float32")
+    features = keras_nextvit.feature_extractor(model)
+    prefixes = [keras.Model(features.inputs, features.outputs[k]) for k in range(4)]
+    if backend == "torch":
+        import torch
+
+        x = torch.from_numpy(images)
+        with torch.no_grad():
+            times = [_median_ms(lambda t, p=p: p(t, training=False), x) for p in prefixes]
+        return {"stages": times, "ops": _torch_ops(lambda t: model(t, training=False), x)}
+    if backend == "jax":
+        import jax
+
+        def jitted(prefix):
+            fn = jax.jit(lambda variables, t: prefix.stateless_call(*variables, t, training=False)[0])
+            variables = ([v.value for v in prefix.trainable_variables],
+                         [v.value for v in prefix.non_trainable_variables])
+            return lambda t: fn(variables, t).block_until_ready()
+
+        return {"stages": [_median_ms(jitted(p), images) for p in prefixes]}
+    import tensorflow as tf
+
+    times = []
+    for prefix in prefixes:
+        fn = tf.function(lambda t, p=prefix: p(t, training=False), jit_compile=True)
+        times.append(_median_ms(lambda t, fn=fn: fn(t).numpy(), tf.constant(images)))
+    return {"stages": times}
+
+
+def _torch_ops(fn, x, rows=12):
+    """The operators of one ``fn(x)`` by self CPU time: [name, ms, calls]."""
+    import torch
+    from torch.profiler import profile
+
+    with torch.no_grad():
+        for _ in range(3):
+            fn(x)
+        with profile() as prof:
+            fn(x)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [[e.key, e.self_cpu_time_total / 1e3, e.count] for e in events[:rows]]
+
+
+def work_torch_reference_profile(variant, size):
+    """The PyTorch reference: stage times and the operator profile."""
+    model, x = _torch_reference(variant, size)
+    stages = work_torch_stages(variant, size)
+    return {"stages": stages, "ops": _torch_ops(model, x)}
+
+
+def main_backends(variant, size):
+    print(f"Next-ViT-{variant[0].upper()} {size}x{size}, batch 1, synthetic weights: the Keras "
+          "model per backend and the PyTorch reference, each in its own process")
+    print(f"{'':<30}{'stage 1':>9}{'stage 2':>9}{'stage 3':>9}{'stage 4':>9}{'total':>9}")
+    results = {}
+    for name, params, backend in (
+        ("Keras, TensorFlow (XLA)", ("backend-stages", "tensorflow"), "tensorflow"),
+        ("Keras, JAX (jit)", ("backend-stages", "jax"), "jax"),
+        ("Keras, PyTorch (eager)", ("backend-stages", "torch"), "torch"),
+        ("PyTorch reference (eager)", ("torch-profile",), "torch"),
+    ):
+        result = run_worker(*params, variant, size, backend=backend)
+        results[name] = result
+        if "error" in result:
+            print(f"{name:<30}  failed: {result['error']}")
+            continue
+        times = result["stages"]
+        added = [times[0]] + [b - a for a, b in zip(times, times[1:])]
+        print(f"{name:<30}" + "".join(f"{t:>9.2f}" for t in added) + f"{times[-1]:>9.2f}")
+    for name, result in results.items():
+        if "ops" in result:
+            print(f"\n{name}, one forward under torch.profiler: operator, self ms, calls")
+            for op, ms, calls in result["ops"]:
+                print(f"  {op:<36}{ms:>8.2f}{calls:>7}")
 
 
 def work_blocks(runtime, variant, size):
@@ -367,9 +461,9 @@ def work_macs(variant, size):
     return {"total": total, "conv3x3": conv}
 
 
-def run_worker(*params):
+def run_worker(*params, backend="tensorflow"):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *map(str, params)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode:
@@ -400,6 +494,10 @@ def main(argv=None):
             print(json.dumps(work_blocks(argv[2], argv[3], int(argv[4]))))
         elif argv[1] == "torch-eager":
             print(json.dumps(work_torch_stages(argv[2], int(argv[3]))))
+        elif argv[1] == "backend-stages":
+            print(json.dumps(work_backend_stages(argv[2], argv[3], int(argv[4]))))
+        elif argv[1] == "torch-profile":
+            print(json.dumps(work_torch_reference_profile(argv[2], int(argv[3]))))
         elif argv[1] == "macs":
             print(json.dumps(work_macs(argv[2], int(argv[3]))))
         else:
@@ -409,7 +507,12 @@ def main(argv=None):
     parser.add_argument("--variant", default="small", choices=["small", "base", "large"])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--backends", action="store_true",
+                        help="profile the Keras model on each Keras backend beside the PyTorch reference")
     args = parser.parse_args(argv)
+    if args.backends:
+        main_backends(args.variant, args.size)
+        return
 
     print(f"Next-ViT-{args.variant[0].upper()} {args.size}x{args.size}, batch 1: "
           "ms each stage adds (stage 1 includes the stem), median of 20 runs")
