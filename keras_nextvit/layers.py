@@ -87,6 +87,11 @@ class _Composite(keras.layers.Layer):
     def _norm(self, name):
         return None if self.deploy else _batch_norm(name)
 
+    def __call__(self, *args, **kwargs):
+        # Eager PyTorch inference runs the block's maths straight away.
+        out = torch_fast.call_directly(self, args, kwargs)
+        return super().__call__(*args, **kwargs) if out is NotImplemented else out
+
     def get_config(self):
         config = super().get_config()
         if self.deploy:
@@ -177,6 +182,9 @@ class ConvBNReLU(_Composite):
         return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
 
     def call(self, x, training=None):
+        out = torch_fast.fused_conv(self.conv, x, self.pad, self.norm, relu=True, training=training)
+        if out is not None:
+            return out
         out = torch_fast.conv2d(self.conv, x, padding=self.pad)
         if out is None:
             if self.explicit_pad:
@@ -251,6 +259,9 @@ class PatchEmbed(_Composite):
             x = pooled
         if self.conv is None:
             return x
+        out = torch_fast.fused_dense(self.conv, x, norm=self.norm, training=training)
+        if out is not None:
+            return out
         x = run(self.conv, x)
         return x if self.norm is None else run(self.norm, x, training)
 
@@ -332,10 +343,13 @@ class MHCA(_Composite):
         return x if self.group_conv3x3.bias is None else x + self.group_conv3x3.bias
 
     def call(self, x, training=None):
-        x = self._grouped_conv(x)
-        if self.norm is not None:
-            x = run(self.norm, x, training)
-        return run(self.projection, ops.relu(x))
+        out = torch_fast.fused_conv(self.group_conv3x3, x, 1, self.norm, relu=True, training=training)
+        if out is None:
+            out = self._grouped_conv(x)
+            if self.norm is not None:
+                out = run(self.norm, out, training)
+            out = ops.relu(out)
+        return run(self.projection, out)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
@@ -460,8 +474,10 @@ class NCB(_Composite):
     def call(self, x, training=None):
         x = run(self.patch_embed, x, training)
         x = x + run(self.attn_drop_path, run(self.mhca, x, training), training)
-        out = x if self.norm is None else run(self.norm, x, training)
-        out = run(self.mlp, out, training)
+        out = torch_fast.fused_mlp(self.mlp, x, pre_norm=self.norm, training=training)
+        if out is None:
+            out = x if self.norm is None else run(self.norm, x, training)
+            out = run(self.mlp, out, training)
         return x + run(self.mlp_drop_path, out, training)
 
     def compute_output_shape(self, input_shape):
@@ -695,8 +711,10 @@ class NTB(_Composite):
         out = run(self.projection, x, training)
         out = out + run(self.mhca_drop_path, run(self.mhca, out, training), training)
         x = ops.concatenate([x, out], axis=-1)
-        out = x if self.norm2 is None else run(self.norm2, x, training)
-        out = run(self.mlp, out, training)
+        out = torch_fast.fused_mlp(self.mlp, x, pre_norm=self.norm2, training=training)
+        if out is None:
+            out = x if self.norm2 is None else run(self.norm2, x, training)
+            out = run(self.mlp, out, training)
         x = x + run(self.mlp_drop_path, out, training)
         if return_attention_scores:
             return x, attention
