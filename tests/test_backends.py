@@ -66,6 +66,17 @@ def check_inference(m):
         assert np.abs(direct - plain).max() <= 1e-5 * np.abs(plain).max(), np.abs(direct - plain).max()
 
 check_inference(model)
+# predict_on_batch took the fused oneDNN forms (BatchNorm folded, prepacked
+# weights), which PyTorch's CPU wheels have.
+assert torch_fast._packing_available()
+assert sum("packed" in key for key, _ in torch_fast._MADE.values()) >= 20
+# training=True without autograd: batch statistics, never the folded form.
+with torch.no_grad():
+    with torch_fast.disabled():
+        plain = keras.ops.convert_to_numpy(model(x, training=True))
+    direct = keras.ops.convert_to_numpy(model(x, training=True))
+assert np.abs(direct - plain).max() <= 1e-5 * np.abs(plain).max()
+check_inference(model)  # the moving statistics moved: the folded weights follow
 print("INFERENCE OK")
 
 merged = keras_nextvit.merge_batchnorm(model)  # the deploy form takes the same route
