@@ -14,21 +14,26 @@ PyTorch backend these compute the same function from the sub-layer's own
 variables with one PyTorch call, on channels-last tensors viewed as
 channels-first (a view, no copy: PyTorch's ``channels_last`` memory format);
 everywhere else -- the other backends, quantized or mixed-precision layers,
-a BatchNormalization that is training -- they call the layer as Keras does.
-In inference (no autograd, as ``predict`` runs) a ``Dense`` on feature
-maps or tokens runs as a 1x1 convolution (oneDNN: twice the speed of the
-matrix product on CPU) with its weight transposed once and kept, and a
-BatchNorm's scale and shift are kept too; both are remade whenever a
-variable changes. Further, in inference, a BatchNorm beside a convolution
-or Dense is folded into it and the ReLU after it fused, as one prepacked
-oneDNN convolution (:func:`fused_conv`, :func:`fused_dense`,
-:func:`fused_mlp`), and the blocks skip Keras' ``__call__`` machinery
-(:func:`call_directly`). Gradients flow through the unfused forms alike. ``with torch_fast.disabled():``
-runs the plain Keras form, which is what the tests compare against.
+renormalising or synchronised BatchNorms -- they call the layer as Keras
+does. A ``Dense`` on feature maps or tokens runs as a 1x1 convolution
+(oneDNN: twice the speed of the matrix product on CPU, forward and backward),
+and a training BatchNorm as PyTorch's fused batch norm, updating the moving
+statistics as Keras does.
+
+In inference (no autograd, as ``predict`` runs) a BatchNorm beside a
+convolution or Dense is folded into it and the ReLU after it fused, as one
+oneDNN convolution with its weights prepacked (:func:`fused_conv`,
+:func:`fused_dense`, :func:`fused_mlp`); what is made from the variables is
+kept and remade whenever a variable changes. There the blocks also skip
+Keras' ``__call__`` machinery (:func:`call_directly`).
+
+``with torch_fast.disabled():`` runs the plain Keras form, which is what
+the tests compare against.
 """
 
 import contextlib
 import weakref
+from functools import partial
 
 import keras
 
@@ -105,42 +110,62 @@ def _dense(layer, x, training):
     torch = _torch()
     functional = torch.nn.functional
     bias = _value(layer.bias)
-    if x.ndim not in (3, 4) or not _plain_inference(x):
+    if x.ndim not in (3, 4):
         return functional.linear(x, layer.kernel.value.t(), bias)
     packed = fused_dense(layer, x, training=training)
     if packed is not None:
         return packed
-    # Inference on feature maps and token sequences: a 1x1 convolution on the
+    # Feature maps and token sequences: a 1x1 convolution on the
     # channels-last view (oneDNN) runs twice as fast on CPU as the matrix
     # product F.linear makes of it, e.g. 0.40 vs 0.88 ms for stage 1's
-    # 56x56x96 -> 288 (tools/profile_stages.py --backends).
+    # 56x56x96 -> 288 (tools/profile_stages.py --backends), and its forward
+    # and backward together 1.4-1.9x as fast at batch 8.
+    if _plain_inference(x):  # the weight in PyTorch's layout, kept
+        weight = _made_from(layer, [layer.kernel], lambda k: k.detach().t().contiguous()[:, :, None, None])
+    else:  # through autograd
+        weight = layer.kernel.value.t()[:, :, None, None]
     maps = x if x.ndim == 4 else x.unsqueeze(2)  # (B, N, C) -> (B, N, 1, C)
-    weight = _made_from(layer, [layer.kernel], lambda k: k.detach().t().contiguous()[:, :, None, None])
     out = functional.conv2d(maps.permute(0, 3, 1, 2), weight, bias)
     out = out.permute(0, 2, 3, 1)
     return out if x.ndim == 4 else out.squeeze(2)
 
 
 def _batch_norm(layer, x, training):
-    if training and layer.trainable:  # updates the moving statistics: Keras' form
-        return NotImplemented
     if layer.axis not in (-1, len(x.shape) - 1) or not _plain_float(layer, x):
         return NotImplemented
     torch = _torch()
-
-    def scale_and_shift(mean, variance, gamma, beta):
-        scale = torch.rsqrt(variance + layer.epsilon)
-        if gamma is not None:
-            scale = scale * gamma
-        shift = -mean * scale
-        return scale, shift if beta is None else shift + beta
-
     variables = [layer.moving_mean, layer.moving_variance, layer.gamma, layer.beta]
+    if training and layer.trainable:
+        return _batch_norm_training(layer, x)
     if _plain_inference(x):  # the statistics and affine only change when trained
-        scale, shift = _made_from(layer, variables, scale_and_shift)
+        scale, shift = _made_from(layer, variables, partial(_scale_shift, layer))
     else:  # through autograd (a frozen BatchNorm while training)
-        scale, shift = scale_and_shift(*(_value(v) for v in variables))
+        scale, shift = _scale_shift(layer, *(_value(v) for v in variables))
     return torch.addcmul(shift, x, scale)  # one pass: shift + x * scale
+
+
+def _batch_norm_training(layer, x):
+    """Batch statistics with PyTorch's fused batch-norm kernels (forward and
+    backward: a third of the time of Keras' form, made of a dozen
+    elementwise operations), and the moving statistics updated as Keras
+    does (biased variance, Keras' momentum)."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    if getattr(layer, "renorm", False) or getattr(layer, "synchronized", False):
+        return NotImplemented
+    if in_stateless_scope() or x.device.type == "meta" or x.ndim < 2:
+        return NotImplemented
+    torch = _torch()
+    channels_first = x.movedim(-1, 1)  # a view: (B, C, ...)
+    out, mean, inverse_std = torch.native_batch_norm(
+        channels_first, _value(layer.gamma), _value(layer.beta), None, None, True, 0.0, layer.epsilon
+    )
+    with torch.no_grad():
+        variance = inverse_std.reciprocal().square() - layer.epsilon
+        momentum = layer.momentum
+        for variable, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+            variable.assign(variable.value * momentum + batch * (1.0 - momentum))
+    return out.movedim(1, -1)
 
 
 def _dropout(layer, x, training):

@@ -98,8 +98,10 @@ for ctx in (torch_fast.disabled, None):
     results.append((float(loss), model.get_weights()))
 (loss_plain, w_plain), (loss_direct, w_direct) = results
 assert abs(loss_plain - loss_direct) <= 1e-5 * abs(loss_plain), (loss_plain, loss_direct)
-# Biases that start at zero move by ~1e-8 here: compare with an absolute floor.
-worst = max(np.abs(p - d).max() / (np.abs(p).max() + 1e-3) for p, d in zip(w_plain, w_direct))
+# Biases that start at zero and feed a BatchNorm (directly or through the
+# residual stream) get gradients of pure rounding, ~1e-7 in either form:
+# compare with an absolute floor.
+worst = max(np.abs(p - d).max() / (np.abs(p).max() + 1e-2) for p, d in zip(w_plain, w_direct))
 assert worst <= 1e-4, worst
 moved = max(np.abs(p - w).max() for p, w in zip(w_direct, weights))
 assert moved > 1e-3, moved  # the step did change the weights
