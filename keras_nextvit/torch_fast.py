@@ -27,6 +27,10 @@ oneDNN convolution with its weights prepacked (:func:`fused_conv`,
 kept and remade whenever a variable changes. There the blocks also skip
 Keras' ``__call__`` machinery (:func:`call_directly`).
 
+On JAX one form applies: a Dense on feature maps or tokens runs as a
+matrix product of the flattened rows (:func:`_dense_as_matrix`), whose
+gradient XLA computes 2.5-3x faster than the 4-D product's.
+
 ``with torch_fast.disabled():`` runs the plain Keras form, which is what
 the tests compare against.
 """
@@ -190,6 +194,28 @@ _FORMS = {
 }
 
 
+def _dense_as_matrix(layer, x):
+    """JAX: a Dense on ``(B, H, W, C)`` maps or ``(B, N, C)`` tokens as one
+    matrix product of the flattened ``(B * H * W, C)`` rows. Same forward
+    speed under XLA on CPU, but its gradient is 2.5-3x faster: XLA computes
+    the kernel's gradient of the 4-D product with a slow transposing kernel
+    (stage 1's 28x28x192 -> 576 at batch 8: 35 vs 13 ms forward and
+    backward)."""
+    if x.ndim not in (3, 4) or layer.activation is not keras.activations.linear:
+        return NotImplemented
+    if getattr(layer, "quantization_mode", None) is not None or getattr(layer, "lora_enabled", False):
+        return NotImplemented
+    if any(d is None for d in x.shape[1:]) or layer.compute_dtype != layer.variable_dtype:
+        return NotImplemented
+    from keras import ops
+
+    rows = ops.reshape(x, (-1, x.shape[-1]))
+    out = ops.matmul(rows, ops.cast(layer.kernel, rows.dtype))
+    if layer.bias is not None:
+        out = out + ops.cast(layer.bias, out.dtype)
+    return ops.reshape(out, (-1,) + tuple(x.shape[1:-1]) + (layer.units,))
+
+
 def register_block(cls):
     """Class decorator: inside another block, ``cls`` runs its ``call``
     directly (its maths), without Keras' per-call machinery."""
@@ -204,13 +230,18 @@ def register_dropout(cls):
 
 
 def run(layer, x, training=None, **kwargs):
-    """``layer(x, training=training, **kwargs)``, directly in PyTorch where it can."""
+    """``layer(x, training=training, **kwargs)``, directly in PyTorch where it
+    can (and a Dense on feature maps as a matrix product on JAX)."""
     if active():
         form = _FORMS.get(type(layer))
         if form is not None:
             out = form(layer, x, training, **kwargs)
             if out is not NotImplemented:
                 return out
+    elif _STATE["enabled"] and type(layer) is keras.layers.Dense and keras.backend.backend() == "jax":
+        out = _dense_as_matrix(layer, x)
+        if out is not NotImplemented:
+            return out
     if isinstance(layer, keras.layers.Dense):
         return layer(x, **kwargs)
     return layer(x, training=training, **kwargs)

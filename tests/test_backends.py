@@ -125,3 +125,54 @@ def test_torch_direct_forms_match_keras():
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "TRAINING OK" in result.stdout
+
+
+JAX_MATRIX_DENSE = r"""
+import numpy as np, keras
+import keras_nextvit
+from keras_nextvit import torch_fast
+
+rng = np.random.default_rng(0)
+x = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+y = np.array([3, 7])
+keras.utils.set_random_seed(0)
+reference = keras_nextvit.NextViT((1, 1, 5, 1), input_shape=(64, 64, 3), classes=10, drop_path_rate=0.0)
+weights = reference.get_weights()
+
+def one_step(plain):
+    model = keras_nextvit.NextViT((1, 1, 5, 1), input_shape=(64, 64, 3), classes=10, drop_path_rate=0.0)
+    model.set_weights(weights)
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if plain:  # traced (jit) inside the context: Keras' own Dense throughout
+        with torch_fast.disabled():
+            logits = model.predict_on_batch(x)
+            loss = model.train_on_batch(x, y)
+    else:
+        logits = model.predict_on_batch(x)
+        loss = model.train_on_batch(x, y)
+    return logits, float(loss), model.get_weights()
+
+(l_plain, loss_plain, w_plain), (l_matrix, loss_matrix, w_matrix) = one_step(True), one_step(False)
+assert np.abs(l_plain - l_matrix).max() <= 1e-5 * np.abs(l_plain).max()
+assert abs(loss_plain - loss_matrix) <= 1e-5 * abs(loss_plain), (loss_plain, loss_matrix)
+worst = max(np.abs(p - d).max() / (np.abs(p).max() + 1e-2) for p, d in zip(w_plain, w_matrix))
+assert worst <= 1e-4, worst
+assert max(np.abs(p - w).max() for p, w in zip(w_matrix, weights)) > 1e-3
+print("JAX OK")
+"""
+
+
+def test_jax_dense_as_matrix_matches_keras():
+    """On JAX the blocks' Dense layers on feature maps run as one matrix
+    product of the flattened rows (a faster gradient under XLA); inference and
+    a training step must equal Keras' own Dense."""
+    if importlib.util.find_spec("jax") is None:
+        if os.environ.get("CI"):
+            pytest.fail("jax is not installed; CI must test the JAX backend.")
+        pytest.skip("jax is not installed")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_MATRIX_DENSE], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "JAX OK" in result.stdout
