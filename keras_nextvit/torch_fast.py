@@ -199,7 +199,7 @@ def _dense_as_matrix(layer, x):
     matrix product of the flattened ``(B * H * W, C)`` rows. Same forward
     speed under XLA on CPU, but its gradient is 2.5-3x faster: XLA computes
     the kernel's gradient of the 4-D product with a slow transposing kernel
-    (stage 1's 28x28x192 -> 576 at batch 8: 35 vs 13 ms forward and
+    (stage 2's 28x28x192 -> 576 at batch 8: 35 vs 13 ms forward and
     backward)."""
     if x.ndim not in (3, 4) or layer.activation is not keras.activations.linear:
         return NotImplemented
