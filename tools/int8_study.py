@@ -12,9 +12,14 @@ agreement with the float model); then Next-ViT-S at 224 (random weights,
 latency only) is quantized the same way and timed, batch 1, each recipe in
 a process of its own. ``attention``: E-MHSA's attention (two products and
 the softmax) at stage 2's shapes at 224 (6 heads, 784 queries, 49 keys, 32
-channels), as one batched product (the export's form) and per head (2-D
-products), converted to TFLite float32 and full-integer int8 and timed with
-ai-edge-litert, each in a process of its own.
+channels), as one batched product (the float and int8_float_attention
+exports' form), per head as 2-D products of head slices, and by head
+(channel slices of the projections' outputs, 2-D products with a
+transposed right operand: ``p = softmax(q_h k_h^T)``, ``out_h = (v_h^T
+p^T)^T``, which the converter writes as FULLY_CONNECTED, whose int8
+kernel is much faster than BATCH_MATMUL's), converted to TFLite float32 and
+full-integer int8 and timed with ai-edge-litert, each in a process of its
+own.
 """
 
 import argparse
@@ -154,8 +159,18 @@ def work_attention(args, form, quantize):
             ops.matmul(ops.softmax(ops.matmul(q[h], ops.transpose(k[h])), -1), v[h]) for h in range(HEADS)
         ])
 
-    form_fn = {"batched": attention, "per-head": per_head}[form]
-    shapes = [(HEADS, QUERIES, CHANNELS), (HEADS, KEYS, CHANNELS), (HEADS, KEYS, CHANNELS)]
+    def by_head(q, k, v):  # on [1, tokens, heads * channels], as the Dense layers give them
+        heads = []
+        for qh, kh, vh in zip(*(ops.split(t[0], HEADS, axis=-1) for t in (q, k, v))):
+            p = ops.softmax(ops.matmul(qh, ops.transpose(kh)), axis=-1)
+            heads.append(ops.transpose(ops.matmul(ops.transpose(vh), ops.transpose(p))))
+        return ops.concatenate(heads, axis=-1)[None]
+
+    form_fn = {"batched": attention, "per-head": per_head, "by-head": by_head}[form]
+    if form == "by-head":
+        shapes = [(1, QUERIES, HEADS * CHANNELS), (1, KEYS, HEADS * CHANNELS), (1, KEYS, HEADS * CHANNELS)]
+    else:
+        shapes = [(HEADS, QUERIES, CHANNELS), (HEADS, KEYS, CHANNELS), (HEADS, KEYS, CHANNELS)]
     fn = tf.function(lambda q, k, v: form_fn(q, k, v)).get_concrete_function(
         *[tf.TensorSpec(s, tf.float32) for s in shapes]
     )
@@ -223,7 +238,7 @@ def study_recipes(args):
 
 
 def study_attention(args):
-    rows = {(form, q): [] for form in ("batched", "per-head") for q in ("float32", "int8")}
+    rows = {(form, q): [] for form in ("batched", "per-head", "by-head") for q in ("float32", "int8")}
     for _ in range(args.rounds):
         for form, quantize in rows:
             rows[(form, quantize)].append(run_worker(args, "attention", form, quantize))
