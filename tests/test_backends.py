@@ -115,16 +115,22 @@ def test_torch_direct_forms_match_keras():
     """On the PyTorch backend the blocks compute their sub-layers directly in
     PyTorch (keras_nextvit.torch_fast); that form must equal Keras' own, in
     inference, in the deploy form and through a training step."""
-    if importlib.util.find_spec("torch") is None:
+    _run_on_backend("torch", TORCH_DIRECT_FORMS, "TRAINING OK")
+
+
+def _run_on_backend(backend, script, last_line):
+    """Run ``script`` in a process of its own on ``backend`` (its module must
+    be installed in CI); it must end printing ``last_line``."""
+    if importlib.util.find_spec(backend) is None:
         if os.environ.get("CI"):
-            pytest.fail("torch is not installed; CI must test the torch backend.")
-        pytest.skip("torch is not installed")
-    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
+            pytest.fail(f"{backend} is not installed; CI must test the {backend} backend.")
+        pytest.skip(f"{backend} is not installed")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, "-c", TORCH_DIRECT_FORMS], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert "TRAINING OK" in result.stdout
+    assert last_line in result.stdout
 
 
 JAX_MATRIX_DENSE = r"""
@@ -166,13 +172,4 @@ def test_jax_dense_as_matrix_matches_keras():
     """On JAX the blocks' Dense layers on feature maps run as one matrix
     product of the flattened rows (a faster gradient under XLA); inference and
     a training step must equal Keras' own Dense."""
-    if importlib.util.find_spec("jax") is None:
-        if os.environ.get("CI"):
-            pytest.fail("jax is not installed; CI must test the JAX backend.")
-        pytest.skip("jax is not installed")
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_MATRIX_DENSE], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert "JAX OK" in result.stdout
+    _run_on_backend("jax", JAX_MATRIX_DENSE, "JAX OK")
