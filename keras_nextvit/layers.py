@@ -429,6 +429,16 @@ class MLP(_Composite):
         return config
 
 
+def _normed_mlp(norm, mlp, x, training):
+    """``mlp(norm(x))`` (``norm`` absent in the deploy form): NCB's and NTB's
+    pre-norm feed-forward; on PyTorch in inference one fused pass."""
+    out = torch_fast.fused_mlp(mlp, x, pre_norm=norm, training=training)
+    if out is None:
+        out = x if norm is None else run(norm, x, training)
+        out = run(mlp, out, training)
+    return out
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NCB(_Composite):
     """Next Convolution Block.
@@ -474,10 +484,7 @@ class NCB(_Composite):
     def call(self, x, training=None):
         x = run(self.patch_embed, x, training)
         x = x + run(self.attn_drop_path, run(self.mhca, x, training), training)
-        out = torch_fast.fused_mlp(self.mlp, x, pre_norm=self.norm, training=training)
-        if out is None:
-            out = x if self.norm is None else run(self.norm, x, training)
-            out = run(self.mlp, out, training)
+        out = _normed_mlp(self.norm, self.mlp, x, training)
         return x + run(self.mlp_drop_path, out, training)
 
     def compute_output_shape(self, input_shape):
@@ -711,10 +718,7 @@ class NTB(_Composite):
         out = run(self.projection, x, training)
         out = out + run(self.mhca_drop_path, run(self.mhca, out, training), training)
         x = ops.concatenate([x, out], axis=-1)
-        out = torch_fast.fused_mlp(self.mlp, x, pre_norm=self.norm2, training=training)
-        if out is None:
-            out = x if self.norm2 is None else run(self.norm2, x, training)
-            out = run(self.mlp, out, training)
+        out = _normed_mlp(self.norm2, self.mlp, x, training)
         x = x + run(self.mlp_drop_path, out, training)
         if return_attention_scores:
             return x, attention

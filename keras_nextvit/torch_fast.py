@@ -40,6 +40,8 @@ import weakref
 from functools import partial
 
 import keras
+from keras.src.backend.common.global_state import get_global_attribute
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 _STATE = {"enabled": True}
 
@@ -60,6 +62,11 @@ def active():
     return _STATE["enabled"] and keras.backend.backend() == "torch"
 
 
+def _unmodified(layer):
+    """Neither Keras-quantized nor carrying LoRA weights."""
+    return getattr(layer, "quantization_mode", None) is None and not getattr(layer, "lora_enabled", False)
+
+
 def _plain_float(layer, x):
     """A float32 layer without Keras quantization or LoRA, on a float32 tensor."""
     return (
@@ -67,17 +74,19 @@ def _plain_float(layer, x):
         and layer.built
         and layer.compute_dtype == "float32"
         and layer.variable_dtype == "float32"
-        and getattr(layer, "quantization_mode", None) is None
-        and not getattr(layer, "lora_enabled", False)
+        and _unmodified(layer)
     )
+
+
+def _plain_norm(norm, x):
+    """A float32 BatchNorm over the last (channel) axis of float32 ``x``."""
+    return norm.axis in (-1, len(x.shape) - 1) and _plain_float(norm, x)
 
 
 def _plain_inference(x):
     """Eager inference on real tensors: no autograd, no stateless scope
     (``stateless_call``), no symbolic (meta-device) tracing. Only then may a
     layer's variables be read raw and what is made from them be kept."""
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
-
     return not _torch().is_grad_enabled() and not in_stateless_scope() and x.device.type != "meta"
 
 
@@ -135,12 +144,12 @@ def _dense(layer, x, training):
 
 
 def _batch_norm(layer, x, training):
-    if layer.axis not in (-1, len(x.shape) - 1) or not _plain_float(layer, x):
+    if not _plain_norm(layer, x):
         return NotImplemented
-    torch = _torch()
-    variables = [layer.moving_mean, layer.moving_variance, layer.gamma, layer.beta]
     if training and layer.trainable:
         return _batch_norm_training(layer, x)
+    torch = _torch()
+    variables = [layer.moving_mean, layer.moving_variance, layer.gamma, layer.beta]
     if _plain_inference(x):  # the statistics and affine only change when trained
         scale, shift = _made_from(layer, variables, partial(_scale_shift, layer))
     else:  # through autograd (a frozen BatchNorm while training)
@@ -153,8 +162,6 @@ def _batch_norm_training(layer, x):
     backward: a third of the time of Keras' form, made of a dozen
     elementwise operations), and the moving statistics updated as Keras
     does (biased variance, Keras' momentum)."""
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
-
     if getattr(layer, "renorm", False) or getattr(layer, "synchronized", False):
         return NotImplemented
     if in_stateless_scope() or x.device.type == "meta" or x.ndim < 2:
@@ -203,7 +210,7 @@ def _dense_as_matrix(layer, x):
     backward)."""
     if x.ndim not in (3, 4) or layer.activation is not keras.activations.linear:
         return NotImplemented
-    if getattr(layer, "quantization_mode", None) is not None or getattr(layer, "lora_enabled", False):
+    if not _unmodified(layer):
         return NotImplemented
     if any(d is None for d in x.shape[1:]) or layer.compute_dtype != layer.variable_dtype:
         return NotImplemented
@@ -323,7 +330,7 @@ def _norm_variables(norm, x):
     """A BatchNorm's variables for folding, or None if it cannot be folded."""
     if norm is None:
         return []
-    if norm.axis not in (-1, len(x.shape) - 1) or not _plain_float(norm, x):
+    if not _plain_norm(norm, x):
         return None
     return [norm.moving_mean, norm.moving_variance, norm.gamma, norm.beta]
 
@@ -428,14 +435,10 @@ def fused_dense(dense, x, pre_norm=None, norm=None, relu=False, training=None):
 
 def fused_mlp(mlp, x, pre_norm=None, training=None):
     """``mlp(pre_norm(x))`` in inference: the BatchNorm folded into ``fc1``,
-    its ReLU fused; ``None`` where that does not apply."""
-    if mlp.drop.rate > 0 and training:
-        return None
+    its ReLU fused; ``None`` where that does not apply (training among
+    them: dropout is the identity here)."""
     hidden = fused_dense(mlp.fc1, x, pre_norm=pre_norm, relu=True, training=training)
-    if hidden is None:
-        return None
-    out = fused_dense(mlp.fc2, hidden, training=training)
-    return run(mlp.fc2, hidden) if out is None else out
+    return None if hidden is None else run(mlp.fc2, hidden)  # run: fc2 fused too
 
 
 def call_directly(layer, args, kwargs):
@@ -452,8 +455,6 @@ def call_directly(layer, args, kwargs):
         return NotImplemented
     training = kwargs.get("training")
     if training is None:
-        from keras.src.backend.common.global_state import get_global_attribute
-
         context = get_global_attribute("current_call_ctx")
         training = None if context is None else context.training
     if training:

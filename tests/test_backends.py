@@ -15,12 +15,18 @@ import pytest
 HERE = pathlib.Path(__file__).parent
 
 
-@pytest.mark.parametrize("backend,module", [("jax", "jax"), ("torch", "torch")])
-def test_parity_on_backend(backend, module):
+def _require(backend, module):
+    """Skip without ``module`` installed; in CI, which must test every
+    backend, fail instead."""
     if importlib.util.find_spec(module) is None:
         if os.environ.get("CI"):
             pytest.fail(f"{module} is not installed; CI must test the {backend} backend.")
         pytest.skip(f"{module} is not installed")
+
+
+@pytest.mark.parametrize("backend,module", [("jax", "jax"), ("torch", "torch")])
+def test_parity_on_backend(backend, module):
+    _require(backend, module)
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [
@@ -119,12 +125,9 @@ def test_torch_direct_forms_match_keras():
 
 
 def _run_on_backend(backend, script, last_line):
-    """Run ``script`` in a process of its own on ``backend`` (its module must
-    be installed in CI); it must end printing ``last_line``."""
-    if importlib.util.find_spec(backend) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{backend} is not installed; CI must test the {backend} backend.")
-        pytest.skip(f"{backend} is not installed")
+    """Run ``script`` in a process of its own on ``backend``; it must end
+    printing ``last_line``."""
+    _require(backend, backend)
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
