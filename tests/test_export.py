@@ -206,11 +206,87 @@ def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
     )
     if quantize == "int8":
         assert float_ops == []
+        # E-MHSA's keys and values enter their products with zero point 0,
+        # which is what XNNPACK's int8 batch matmul needs
+        right = [
+            tensors_q[op["inputs"][1]]
+            for op in interpreter._get_ops_details()
+            if op["op_name"] == "BATCH_MATMUL"
+            for tensors_q in [{t["index"]: t["quantization"][1] for t in interpreter.get_tensor_details()}]
+        ]
+        assert len(right) == 8 and right == [0] * 8
     else:
         assert float_ops == ["BATCH_MATMUL", "DEQUANTIZE", "SOFTMAX"]
     assert len(report.outputs) == 2
     for check in report.outputs:
         assert check.cosine >= 0.98, str(report)
+
+
+def _tiny_attention_int8(right_from_input):
+    """Full-integer TFLite bytes of a product ``q @ k^T`` whose right operand
+    comes from a Dense projection through a reshape and a transpose, or
+    straight from a model input; with the float function and a check input."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    w = tf.constant(rng.standard_normal((16, 16)).astype("float32") / 4)
+    shift = tf.constant(rng.uniform(0.5, 1.0, 16).astype("float32"))  # k is one-sided: zero point != 0
+
+    def fn(q, x):
+        k = x if right_from_input else tf.reshape(tf.matmul(x, w) + shift, (1, 9, 2, 8))
+        return tf.matmul(tf.reshape(q, (1, 2, 9, 8)) if not right_from_input else q,
+                         tf.transpose(k, (0, 2, 3, 1)) if not right_from_input else tf.transpose(k, (0, 1, 3, 2)))
+
+    shapes = [(1, 2, 9, 8), (1, 2, 9, 8)] if right_from_input else [(1, 18, 8), (1, 9, 16)]
+    concrete = tf.function(fn).get_concrete_function(*[tf.TensorSpec(s, tf.float32) for s in shapes])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: (
+        [rng.uniform(-1, 1, s).astype("float32") for s in shapes] for _ in range(16)
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    check = [np.random.default_rng(1).uniform(-1, 1, s).astype("float32") for s in shapes]
+    return converter.convert(), np.asarray(fn(*check)), check
+
+
+def _run_float_io(content, inputs):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    for detail, x in zip(interpreter.get_input_details(), inputs):
+        scale, zero = detail["quantization"]
+        interpreter.set_tensor(detail["index"], np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8))
+    interpreter.invoke()
+    out = interpreter.get_output_details()[0]
+    scale, zero = out["quantization"]
+    params = {t["index"]: t["quantization"] for t in interpreter.get_tensor_details()}
+    rights = [params[op["inputs"][1]] for op in interpreter._get_ops_details() if op["op_name"] == "BATCH_MATMUL"]
+    return (interpreter.get_tensor(out["index"]).astype(np.float32) - zero) * scale, rights
+
+
+def test_symmetric_matmul_operands_rewrites_projected_keys_only():
+    """The rewrite that lets XNNPACK run int8 attention products: a right
+    operand made by a projection gets zero point 0 and a range covering its
+    calibrated one, and the product still computes the same; one that is a
+    model input (whose parameters the caller quantizes with) is left alone."""
+    from keras_nextvit.exporters.tflite import symmetric_matmul_operands
+
+    content, expected, check = _tiny_attention_int8(right_from_input=False)
+    before, (old,) = _run_float_io(content, check)
+    rewritten = symmetric_matmul_operands(content)
+    after, (new,) = _run_float_io(rewritten, check)
+    assert old[1] != 0 and new[1] == 0
+    scale, zero = old
+    assert new[0] * 127 >= scale * max(128 + zero, 127 - zero) * (1 - 1e-6)  # the range still covers it
+    assert new[0] * 127 <= scale * 255
+    cosine = float(np.sum(after * expected) / np.linalg.norm(after) / np.linalg.norm(expected))
+    assert cosine >= 0.999
+    assert np.abs(after - expected).mean() <= 1.5 * np.abs(before - expected).mean()
+
+    content, _, check = _tiny_attention_int8(right_from_input=True)
+    assert symmetric_matmul_operands(content) == content
 
 
 def test_tflite_int8_keeps_a_trained_models_predictions(digits, tmp_path):

@@ -3,6 +3,7 @@
 
     python tools/int8_study.py recipes     # NNCF settings: accuracy on digits, speed on Next-ViT-S
     python tools/int8_study.py attention   # E-MHSA alone in TFLite: float32 vs full-integer int8
+    python tools/int8_study.py ops         # where the int8 TFLite models' time goes, operator by operator
 
 ``recipes``: a small Next-ViT trained on scikit-learn's digits (the model
 of ``tests/conftest.py``'s ``digits`` fixture, built by :func:`train_digits`)
@@ -20,6 +21,18 @@ p^T)^T``, which the converter writes as FULLY_CONNECTED, whose int8
 kernel is much faster than BATCH_MATMUL's), converted to TFLite float32 and
 full-integer int8 and timed with ai-edge-litert, each in a process of its
 own.
+
+``ops``: Next-ViT-S at 224 (random weights, latency only) exported to
+TFLite ``int8`` and ``int8_float_attention``, and ``int8`` as the
+converter writes it (without :func:`~keras_nextvit.exporters.tflite.
+symmetric_matmul_operands`), each timed whole and operator by operator:
+every operator is cut out into a model of its own (its constant inputs
+kept, its other inputs fed with random values; eight copies of it per
+model, so that one call's overhead is spread over eight) and timed with
+ai-edge-litert as the whole model runs (XNNPACK where it takes the
+operator), each export in a process of its own. Per operator type: count,
+how many XNNPACK took, total ms; then the slowest operators. The operators'
+times add up to within a few percent of the whole model's.
 """
 
 import argparse
@@ -192,17 +205,144 @@ def work_attention(args, form, quantize):
     return result
 
 
+OP_COPIES = 8
+
+
+def single_operator_model(model, index, copies=OP_COPIES):
+    """TFLite bytes of a model that runs operator ``index`` of subgraph 0 of
+    ``model`` (a ``ModelT``) ``copies`` times side by side: the same
+    constant inputs, the other inputs and the outputs its own per copy."""
+    import copy
+
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    graph = model.subgraphs[0]
+    op = graph.operators[index]
+
+    def constant(t):
+        data = model.buffers[graph.tensors[t].buffer].data
+        return data is not None and len(data) > 0
+
+    single = fb.ModelT()
+    single.version, single.operatorCodes, single.buffers = model.version, model.operatorCodes, [fb.BufferT()]
+    part = fb.SubGraphT()
+    part.name, part.tensors, part.operators, part.inputs, part.outputs = "operator", [], [], [], []
+    made = {}
+
+    def tensor(t, n):
+        key = t if constant(t) else (t, n)
+        if key not in made:
+            made[key] = len(part.tensors)
+            new = copy.copy(graph.tensors[t])
+            new.buffer = 0
+            if constant(t):
+                single.buffers.append(model.buffers[graph.tensors[t].buffer])
+                new.buffer = len(single.buffers) - 1
+            else:
+                part.inputs.append(made[key])
+            part.tensors.append(new)
+        return made[key]
+
+    for n in range(copies):
+        twin = copy.copy(op)
+        twin.inputs = [tensor(t, n) if t >= 0 else -1 for t in op.inputs]
+        twin.outputs = []
+        for t in op.outputs:
+            made[(t, n)] = len(part.tensors)
+            new = copy.copy(graph.tensors[t])
+            new.buffer = 0
+            part.tensors.append(new)
+            twin.outputs.append(made[(t, n)])
+        part.outputs.extend(twin.outputs)
+        part.operators.append(twin)
+    single.subgraphs = [part]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(single))
+
+
+def _invoke_ms(content, repeats):
+    """Median ms of one ``invoke`` on random inputs, and whether XNNPACK
+    took (some of) the model."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_nextvit.exporters.verify import latency_ms
+
+    interpreter = Interpreter(model_content=content, num_threads=os.cpu_count())
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for detail in interpreter.get_input_details():
+        if np.issubdtype(detail["dtype"], np.integer):
+            value = rng.integers(-100, 100, detail["shape"])
+        else:
+            value = rng.standard_normal(detail["shape"])
+        interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
+    ms = latency_ms(lambda _: interpreter.invoke(), None, warmup=3, repeats=repeats)["median_ms"]
+    delegated = any(d["op_name"] == "DELEGATE" for d in interpreter._get_ops_details())
+    return ms, delegated
+
+
+def profile_operators(content, repeats=20):
+    """``(whole_ms, rows)`` for TFLite model bytes: the whole model's median
+    time, and per operator of subgraph 0 ``(index, type, ms, delegated,
+    output name)`` with ms per copy (see :func:`single_operator_model`)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    whole, _ = _invoke_ms(content, max(repeats, 30))
+    model = flatbuffer_utils.read_model_from_bytearray(content)
+    graph = model.subgraphs[0]
+    rows = []
+    for index, op in enumerate(graph.operators):
+        code = model.operatorCodes[op.opcodeIndex]
+        kind = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) or str(code.builtinCode)
+        ms, delegated = _invoke_ms(single_operator_model(model, index), repeats)
+        name = graph.tensors[op.outputs[0]].name
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        rows.append((index, kind, ms / OP_COPIES, delegated, name))
+    return whole, rows
+
+
+OPS_FORMS = {
+    "int8": ("int8", True),
+    "int8 as converted (asymmetric products)": ("int8", False),
+    "int8_float_attention": ("int8_float_attention", True),
+}
+
+
+def work_ops(args, form):
+    import numpy as np
+
+    import keras_nextvit
+    from keras_nextvit.exporters import tflite
+
+    quantize, symmetric = OPS_FORMS[form]
+    if not symmetric:
+        tflite.symmetric_matmul_operands = lambda flatbuffer: flatbuffer
+    rng = np.random.default_rng(0)
+    calibration = [rng.uniform(-2, 2, (1, 224, 224, 3)).astype("float32") for _ in range(8)]
+    model = keras_nextvit.NextViTSmall(input_shape=(224, 224, 3))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.tflite")
+        keras_nextvit.export(model, path, format="tflite", quantize=quantize,
+                             representative_data=calibration, batch_size=1, verify_export=False)
+        with open(path, "rb") as f:
+            content = f.read()
+    whole, rows = profile_operators(content)
+    return {"whole_ms": whole, "rows": rows}
+
+
 WORKERS = {
     "recipe-accuracy": work_recipe_accuracy,
     "recipe-build": work_recipe_build,
     "recipe-time": work_recipe_time,
     "attention": work_attention,
+    "ops": work_ops,
 }
 
 
 def run_worker(args, name, *params):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, *params, "--",
-           "--epochs", str(args.epochs), "--rounds", str(args.rounds)]
+           "--epochs", str(args.epochs), "--rounds", str(args.rounds), "--top", str(args.top)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -249,6 +389,30 @@ def study_attention(args):
         print(f"{form:<10}{quantize:<9}{ms:>8.3f} ms  {', '.join(results[0]['operators'])}")
 
 
+def study_ops(args):
+    import collections
+
+    print(f"\nNext-ViT-S 224 batch 1, TFLite, operator by operator (ms; each operator alone, "
+          f"{OP_COPIES} copies per call), {_cpu()}")
+    for form in OPS_FORMS:
+        result = run_worker(args, "ops", form)
+        rows = result["rows"]
+        print(f"\n{form}: whole model {result['whole_ms']:.2f} ms, its {len(rows)} operators "
+              f"{sum(r[2] for r in rows):.2f} ms")
+        kinds = collections.defaultdict(lambda: [0, 0, 0.0])
+        for _, kind, ms, delegated, _ in rows:
+            kinds[kind][0] += 1
+            kinds[kind][1] += delegated
+            kinds[kind][2] += ms
+        print(f"  {'operator':<20}{'count':>6}{'XNNPACK':>9}{'ms':>9}")
+        for kind, (count, delegated, ms) in sorted(kinds.items(), key=lambda item: -item[1][2]):
+            print(f"  {kind:<20}{count:>6}{delegated:>9}{ms:>9.3f}")
+        print("  slowest:")
+        for index, kind, ms, delegated, name in sorted(rows, key=lambda r: -r[2])[: args.top]:
+            where = "XNNPACK" if delegated else "builtin"
+            print(f"  {index:>5} {kind:<16}{ms:>7.3f} {where:<8} {name[:70]}")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
@@ -258,14 +422,15 @@ def main(argv=None):
         print("RESULT " + json.dumps(WORKERS[name](args, *params)))  # NNCF's progress shares stdout
         return
     args = parse(argv)
-    {"recipes": study_recipes, "attention": study_attention}[args.study](args)
+    {"recipes": study_recipes, "attention": study_attention, "ops": study_ops}[args.study](args)
 
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["recipes", "attention"])
+    parser.add_argument("study", choices=["recipes", "attention", "ops"])
     parser.add_argument("--epochs", type=int, default=4, help="digits training epochs")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--top", type=int, default=12, help="ops: how many of the slowest operators to list")
     return parser.parse_args(argv)
 
 
