@@ -204,6 +204,8 @@ def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
     float_ops = sorted(
         {op["op_name"] for op in interpreter._get_ops_details() if tensors[op["outputs"][0]] == np.float32}
     )
+    # the average pools run as int8 depthwise convolutions (XNNPACK has no int8 average pool)
+    assert "AVERAGE_POOL_2D" not in {op["op_name"] for op in interpreter._get_ops_details()}
     if quantize == "int8":
         assert float_ops == []
         # E-MHSA's keys and values enter their products with zero point 0,
@@ -220,6 +222,22 @@ def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
     assert len(report.outputs) == 2
     for check in report.outputs:
         assert check.cosine >= 0.98, str(report)
+
+
+@pytest.mark.parametrize("size", [(8, 12), (7, 9)])
+def test_pools_as_depthwise_convolutions_compute_the_same(size):
+    """The int8 exports' form of PatchEmbed's and E-MHSA's average pools
+    (depthwise convolutions with constant weights) gives the pools' numbers;
+    where a window would be partial (odd sizes: PatchEmbed's ceil mode, or
+    tokens not a multiple of E-MHSA's window) the layers keep the pool."""
+    from keras_nextvit.layers import EfficientMHSA, PatchEmbed
+
+    x = np.random.default_rng(0).standard_normal((2, *size, 64)).astype("float32")
+    tokens = x.reshape(2, -1, 64)
+    for layer, value in ((PatchEmbed(32, strides=2), x), (EfficientMHSA(64, sr_ratio=2), tokens)):
+        expected = np.asarray(layer(value))
+        layer.pool_as_depthwise = True
+        np.testing.assert_allclose(np.asarray(layer(value)), expected, rtol=1e-5, atol=1e-5)
 
 
 def _tiny_attention_int8(right_from_input):

@@ -71,13 +71,15 @@ def xnnpack_forms(model, quantize="none", mlp_chunk_bytes=MLP_CHUNK_BYTES):
     """Trace the forms XNNPACK runs fastest, restoring the model after.
 
     MHCA as one grouped conv (15 ms instead of 23 ms for int8 Next-ViT-S at
-    224 here). For the float models (``none``, ``float16``: XNNPACK computes
+    224 here). For the int8 models the average pools of PatchEmbed and
+    E-MHSA as depthwise convolutions (XNNPACK runs those in int8, not average
+    pools; see ``layers._window_mean_as_depthwise``). For the float models (``none``, ``float16``: XNNPACK computes
     both in float32) each MLP in slices of :func:`mlp_hidden_chunks` with
     ``mlp_chunk_bytes`` (``None``: whole MLPs); the integer models keep
     whole MLPs (their weights are a quarter of the size, and every extra sum
     would be one more rounding to int8).
     """
-    from ..layers import MHCA, MLP
+    from ..layers import MHCA, MLP, EfficientMHSA, PatchEmbed
 
     if mlp_chunk_bytes is not None:
         _check_chunk_bytes(mlp_chunk_bytes)
@@ -86,6 +88,9 @@ def xnnpack_forms(model, quantize="none", mlp_chunk_bytes=MLP_CHUNK_BYTES):
         if isinstance(layer, MHCA) and layer.split_heads:
             saved.append((layer, "split_heads", True))
             layer.split_heads = False
+        elif isinstance(layer, (PatchEmbed, EfficientMHSA)) and quantize.startswith("int8"):
+            saved.append((layer, "pool_as_depthwise", layer.pool_as_depthwise))
+            layer.pool_as_depthwise = True
         elif isinstance(layer, MLP) and quantize in ("none", "float16") and mlp_chunk_bytes is not None:
             chunks = mlp_hidden_chunks(layer.fc1.kernel.shape[0], layer.hidden_units, mlp_chunk_bytes)
             saved.append((layer, "hidden_chunks", layer.hidden_chunks))
