@@ -32,7 +32,10 @@ model, so that one call's overhead is spread over eight) and timed with
 ai-edge-litert as the whole model runs (XNNPACK where it takes the
 operator), each export in a process of its own. Per operator type: count,
 how many XNNPACK took, total ms; then the slowest operators. The operators'
-times add up to within a few percent of the whole model's.
+times add up to within about 10% of the whole model's. Alone, an operator
+misses what XNNPACK fuses in the whole model: a PAD before a convolution
+(the stem's) is folded into the convolution there, so its time alone
+overstates what it costs in the model.
 """
 
 import argparse

@@ -166,9 +166,9 @@ def symmetric_matmul_operands(flatbuffer):
     constant only when that operand is quantized symmetrically; otherwise the
     product falls back to TFLite's builtin kernel. The converter gives E-MHSA's
     keys and values (the right operands of its two products) the asymmetric
-    range it calibrated, and Next-ViT-S at 224 then spends 5.5 of its 15.9 ms
-    in those 8 products, 0.17 ms once they run in XNNPACK (AMD EPYC, 2
-    threads; ``python tools/int8_study.py ops``). Here each such operand
+    range it calibrated, and Next-ViT-S at 224 then spends 5.9-6.2 of its
+    15-16 ms in those 8 products, 0.15-0.20 ms once they run in XNNPACK (AMD
+    EPYC, 2 threads; ``python tools/int8_study.py ops``). Here each such operand
     gets the symmetric range that covers its calibrated one (zero point 0,
     scale ``max(|min|, max) / 127``): the producer (a Dense projection)
     requantizes to it, and the reshapes and transposes between, which must
