@@ -4,6 +4,8 @@ Next-ViT-S with the reference's synthetic weights on the golden 64x96 input
 keeps CI fast; conversion time is dominated by the 31.8M weights anyway.
 """
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import onnx
@@ -217,6 +219,15 @@ def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
             for tensors_q in [{t["index"]: t["quantization"][1] for t in interpreter.get_tensor_details()}]
         ]
         assert len(right) == 8 and right == [0] * 8
+        # and XNNPACK does take them: each operator alone, as tools/int8_study.py ops times it
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
+        from int8_study import profile_operators
+
+        _, rows = profile_operators(path.read_bytes(), repeats=1)
+        builtin = sorted({kind for _, kind, _, delegated, _ in rows if not delegated})
+        assert builtin == ["SOFTMAX"], builtin
     else:
         assert float_ops == ["BATCH_MATMUL", "DEQUANTIZE", "SOFTMAX"]
     assert len(report.outputs) == 2
