@@ -180,7 +180,7 @@ def export(
             ``tensorrt``.
         quantize: TFLite: ``none``, ``float16``, ``dynamic``, ``int8``
             (full-integer) or ``int8_float_attention`` (int8 but for the
-            attention products and softmax: the fast one on CPUs);
+            attention products and softmax, which stay float32);
             OpenVINO: ``none``, ``float16`` (weights), ``int8`` (NNCF);
             TensorRT: ``none`` (FP32), ``float16``, ``int8``.
         representative_data: calibration data for int8: an image folder, or
