@@ -209,8 +209,9 @@ class ConvBNReLU(_Composite):
 
 def _window_mean_as_depthwise(x, window):
     """The mean over each non-overlapping ``window`` (one size per spatial
-    axis of ``x``, which must divide it), as a depthwise convolution whose
-    weights are all ``1 / window area``: the numbers of a valid average pool.
+    axis of ``x``; a partial last window is dropped), as a depthwise
+    convolution whose weights are all ``1 / window area``: the numbers of a
+    valid average pool.
 
     The int8 TFLite exports trace this form: XNNPACK has no int8 average
     pool, so TFLite runs one on its builtin kernel (0.68 ms of Next-ViT-S's
@@ -607,9 +608,8 @@ class EfficientMHSA(_Composite):
                 "the input image is too small for this model."
             )
         q = self._split_heads(run(self.q, x))
-        if self.pool_size > 1 and self.pool_as_depthwise and num_tokens is not None and (
-            num_tokens % self.pool_size == 0
-        ):
+        if self.pool_size > 1 and self.pool_as_depthwise:
+            # valid windows, a partial last one dropped: as the pool does
             x = _window_mean_as_depthwise(x, (self.pool_size,))
         elif self.pool_size > 1:
             x = ops.average_pool(

@@ -238,9 +238,9 @@ def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
 @pytest.mark.parametrize("size", [(8, 12), (7, 9)])
 def test_pools_as_depthwise_convolutions_compute_the_same(size):
     """The int8 exports' form of PatchEmbed's and E-MHSA's average pools
-    (depthwise convolutions with constant weights) gives the pools' numbers;
-    where a window would be partial (odd sizes: PatchEmbed's ceil mode, or
-    tokens not a multiple of E-MHSA's window) the layers keep the pool."""
+    (depthwise convolutions with constant weights) gives the pools' numbers,
+    also where a window is partial: PatchEmbed's ceil mode at odd sizes
+    (where it keeps the pool), E-MHSA's dropped remainder of tokens."""
     from keras_nextvit.layers import EfficientMHSA, PatchEmbed
 
     x = np.random.default_rng(0).standard_normal((2, *size, 64)).astype("float32")

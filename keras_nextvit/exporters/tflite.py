@@ -76,8 +76,8 @@ def xnnpack_forms(model, quantize="none", mlp_chunk_bytes=MLP_CHUNK_BYTES):
     MHCA as one grouped conv (15 ms instead of 23 ms for int8 Next-ViT-S at
     224 here). For the int8 models the average pools of PatchEmbed and
     E-MHSA as depthwise convolutions (XNNPACK runs those in int8, not average
-    pools; see ``layers._window_mean_as_depthwise``). For the float models (``none``, ``float16``: XNNPACK computes
-    both in float32) each MLP in slices of :func:`mlp_hidden_chunks` with
+    pools; see ``layers._window_mean_as_depthwise``). For the float models
+    (``none``, ``float16``: XNNPACK computes both in float32) each MLP in slices of :func:`mlp_hidden_chunks` with
     ``mlp_chunk_bytes`` (``None``: whole MLPs); the integer models keep
     whole MLPs (their weights are a quarter of the size, and every extra sum
     would be one more rounding to int8).
@@ -228,8 +228,10 @@ def symmetric_matmul_operands(flatbuffer):
             if tensors is None:
                 continue
             params = [graph.Tensors(t).Quantization() for t in tensors]
-            shared = {(float(p.Scale(0)), int(p.ZeroPoint(0))) for p in params if p.ScaleLength() == 1}
-            if len(shared) != 1 or any(p.ScaleLength() != 1 for p in params):
+            if any(p is None or p.ScaleLength() != 1 or p.ZeroPointLength() != 1 for p in params):
+                continue
+            shared = {(float(p.Scale(0)), int(p.ZeroPoint(0))) for p in params}
+            if len(shared) != 1:
                 continue
             (scale, zero), = shared
             # the calibrated range is scale * [-128 - zero, 127 - zero]
