@@ -20,7 +20,10 @@ transposed right operand: ``p = softmax(q_h k_h^T)``, ``out_h = (v_h^T
 p^T)^T``, which the converter writes as FULLY_CONNECTED, whose int8
 kernel is much faster than BATCH_MATMUL's), converted to TFLite float32 and
 full-integer int8 and timed with ai-edge-litert, each in a process of its
-own.
+own. Its int8 products take q, k and v as model inputs with their calibrated
+ranges, so the batched int8 row is TFLite's builtin kernel: the export's
+``int8`` no longer runs that one, since it gives keys and values zero point
+0 and XNNPACK takes the products (``ops`` shows both).
 
 ``ops``: Next-ViT-S at 224 (random weights, latency only) exported to
 TFLite ``int8`` and ``int8_float_attention``, and ``int8`` as the
