@@ -34,6 +34,8 @@ in PyTorch on the PyTorch backend (where Keras' per-call overhead and layout
 copies doubled the model's time).
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -219,10 +221,7 @@ def _window_mean_as_depthwise(x, window):
     constant weights quantize exactly (one scale per channel, each weight
     the largest int8 value).
     """
-    area = 1
-    for size in window:
-        area *= size
-    kernel = ops.full(tuple(window) + (x.shape[-1], 1), 1.0 / area, dtype=x.dtype)
+    kernel = ops.full(tuple(window) + (x.shape[-1], 1), 1.0 / math.prod(window), dtype=x.dtype)
     return ops.depthwise_conv(x, kernel, strides=tuple(window), padding="valid")
 
 
@@ -608,13 +607,13 @@ class EfficientMHSA(_Composite):
                 "the input image is too small for this model."
             )
         q = self._split_heads(run(self.q, x))
-        if self.pool_size > 1 and self.pool_as_depthwise:
-            # valid windows, a partial last one dropped: as the pool does
-            x = _window_mean_as_depthwise(x, (self.pool_size,))
-        elif self.pool_size > 1:
-            x = ops.average_pool(
-                x, pool_size=self.pool_size, strides=self.pool_size, padding="valid"
-            )
+        if self.pool_size > 1:
+            if self.pool_as_depthwise:  # valid windows, a partial last one dropped: as the pool does
+                x = _window_mean_as_depthwise(x, (self.pool_size,))
+            else:
+                x = ops.average_pool(
+                    x, pool_size=self.pool_size, strides=self.pool_size, padding="valid"
+                )
             if self.norm is not None:  # absent in the deploy form: merged into k, v
                 x = run(self.norm, x, training)
         k = self._split_heads(run(self.k, x))

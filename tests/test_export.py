@@ -243,9 +243,14 @@ def test_pools_as_depthwise_convolutions_compute_the_same(size):
     (where it keeps the pool), E-MHSA's dropped remainder of tokens."""
     from keras_nextvit.layers import EfficientMHSA, PatchEmbed
 
-    x = np.random.default_rng(0).standard_normal((2, *size, 64)).astype("float32")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *size, 64)).astype("float32")
     tokens = x.reshape(2, -1, 64)
     for layer, value in ((PatchEmbed(32, strides=2), x), (EfficientMHSA(64, sr_ratio=2), tokens)):
+        layer(value)
+        # weights and BatchNorm statistics away from the identity, so that a
+        # form that skipped the norm after the pool would show
+        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.get_weights()])
         expected = np.asarray(layer(value))
         layer.pool_as_depthwise = True
         np.testing.assert_allclose(np.asarray(layer(value)), expected, rtol=1e-5, atol=1e-5)
