@@ -202,22 +202,16 @@ def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
     interpreter = Interpreter(model_path=str(path))
     details = interpreter.get_signature_runner().get_input_details()
     assert next(iter(details.values()))["dtype"] == np.int8
-    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
-    float_ops = sorted(
-        {op["op_name"] for op in interpreter._get_ops_details() if tensors[op["outputs"][0]] == np.float32}
-    )
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    operators = interpreter._get_ops_details()
+    float_ops = sorted({op["op_name"] for op in operators if tensors[op["outputs"][0]]["dtype"] == np.float32})
     # the average pools run as int8 depthwise convolutions (XNNPACK has no int8 average pool)
-    assert "AVERAGE_POOL_2D" not in {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "AVERAGE_POOL_2D" not in {op["op_name"] for op in operators}
     if quantize == "int8":
         assert float_ops == []
         # E-MHSA's keys and values enter their products with zero point 0,
         # which is what XNNPACK's int8 batch matmul needs
-        right = [
-            tensors_q[op["inputs"][1]]
-            for op in interpreter._get_ops_details()
-            if op["op_name"] == "BATCH_MATMUL"
-            for tensors_q in [{t["index"]: t["quantization"][1] for t in interpreter.get_tensor_details()}]
-        ]
+        right = [tensors[op["inputs"][1]]["quantization"][1] for op in operators if op["op_name"] == "BATCH_MATMUL"]
         assert len(right) == 8 and right == [0] * 8
         # and XNNPACK does take them: each operator alone, as tools/int8_study.py ops times it
         import sys

@@ -237,29 +237,24 @@ def single_operator_model(model, index, copies=OP_COPIES):
     made = {}
 
     def tensor(t, n):
+        """The new index of tensor ``t`` in copy ``n`` (constants: shared)."""
         key = t if constant(t) else (t, n)
         if key not in made:
-            made[key] = len(part.tensors)
             new = copy.copy(graph.tensors[t])
             new.buffer = 0
             if constant(t):
                 single.buffers.append(model.buffers[graph.tensors[t].buffer])
                 new.buffer = len(single.buffers) - 1
-            else:
-                part.inputs.append(made[key])
+            made[key] = len(part.tensors)
             part.tensors.append(new)
         return made[key]
 
     for n in range(copies):
         twin = copy.copy(op)
         twin.inputs = [tensor(t, n) if t >= 0 else -1 for t in op.inputs]
-        twin.outputs = []
-        for t in op.outputs:
-            made[(t, n)] = len(part.tensors)
-            new = copy.copy(graph.tensors[t])
-            new.buffer = 0
-            part.tensors.append(new)
-            twin.outputs.append(made[(t, n)])
+        twin.outputs = [tensor(t, n) for t in op.outputs]
+        fed = {tensor(t, n) for t in op.inputs if t >= 0 and not constant(t)}
+        part.inputs.extend(sorted(fed))
         part.outputs.extend(twin.outputs)
         part.operators.append(twin)
     single.subgraphs = [part]
