@@ -1,0 +1,131 @@
+"""Where the test suite spends its time and memory.
+
+    python tools/suite_profile.py run profile.jsonl [-- PYTEST ARGS...]
+    python tools/suite_profile.py show profile.jsonl [--top 25]
+    python tools/suite_profile.py compare before.jsonl after.jsonl
+
+``run`` runs pytest with the suite-profile plugin (``tests/suite_profile_plugin.py``),
+which appends one JSON line per test: wall time (setup + call + teardown),
+the test process's resident memory before and after, its peak, and the peak
+of the subprocesses it waited for. ``show`` prints per-file totals (time,
+memory grown while the file ran, peak), the slowest tests and those that grew
+the process most. ``compare`` puts two profiles' per-file times side by side.
+Under pytest-xdist each worker's lines carry its name; memory is per worker.
+"""
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+
+
+def load(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def by_file(records):
+    """Per file: summed seconds, tests, RSS grown while it ran, largest peak."""
+    files = collections.OrderedDict()
+    for record in records:
+        entry = files.setdefault(
+            record["file"], {"seconds": 0.0, "tests": 0, "grown_mib": 0.0, "peak_mib": 0.0,
+                             "children_peak_mib": 0.0, "workers": set()}
+        )
+        entry["seconds"] += record["seconds"]
+        entry["tests"] += 1
+        if record["rss_before_mib"] is not None and record["rss_after_mib"] is not None:
+            entry["grown_mib"] += record["rss_after_mib"] - record["rss_before_mib"]
+        entry["peak_mib"] = max(entry["peak_mib"], record["peak_mib"] or 0.0)
+        entry["children_peak_mib"] = max(entry["children_peak_mib"], record["children_peak_mib"] or 0.0)
+        entry["workers"].add(record["worker"])
+    return files
+
+
+def show(records, top=25):
+    files = by_file(records)
+    total = sum(entry["seconds"] for entry in files.values())
+    workers = sorted({record["worker"] for record in records})
+    print(f"{len(records)} tests, {total / 60:.1f} test-minutes in all, workers: {', '.join(workers)}")
+    for worker in workers:
+        mine = [record for record in records if record["worker"] == worker]
+        print(
+            f"  {worker}: {len(mine)} tests, {sum(r['seconds'] for r in mine) / 60:.1f} min, "
+            f"peak RSS {max(r['peak_mib'] or 0 for r in mine) / 1024:.2f} GiB, "
+            f"largest subprocess {max(r['children_peak_mib'] or 0 for r in mine) / 1024:.2f} GiB"
+        )
+    failed = [r["test"] for r in records if r.get("outcome") not in (None, "passed", "skipped")]
+    skipped = [r["test"] for r in records if r.get("outcome") == "skipped"]
+    print(f"  {len(failed)} failed, {len(skipped)} skipped")
+    for name in failed:
+        print(f"  failed: {name}")
+    print("\nper file (by time):")
+    print(f"  {'seconds':>8} {'tests':>5} {'grown MiB':>9} {'peak MiB':>8}  file")
+    for name, entry in sorted(files.items(), key=lambda item: -item[1]["seconds"]):
+        print(
+            f"  {entry['seconds']:8.1f} {entry['tests']:5d} {entry['grown_mib']:9.0f} "
+            f"{entry['peak_mib']:8.0f}  {name}"
+        )
+    print(f"\nslowest {top} tests:")
+    for record in sorted(records, key=lambda r: -r["seconds"])[:top]:
+        print(f"  {record['seconds']:8.1f}s  {record['test']}")
+    print(f"\n{top} tests that grew their process most:")
+    grown = [r for r in records if r["rss_before_mib"] is not None and r["rss_after_mib"] is not None]
+    for record in sorted(grown, key=lambda r: r["rss_before_mib"] - r["rss_after_mib"])[:top]:
+        print(
+            f"  {record['rss_after_mib'] - record['rss_before_mib']:+8.0f} MiB "
+            f"(to {record['rss_after_mib']:.0f})  {record['test']}"
+        )
+
+
+def compare(before, after):
+    old, new = by_file(before), by_file(after)
+    print(f"  {'before s':>8} {'after s':>8} {'tests':>11}  file")
+    for name in sorted(set(old) | set(new), key=lambda n: -(old.get(n, {}).get("seconds", 0))):
+        a, b = old.get(name, {}), new.get(name, {})
+        print(
+            f"  {a.get('seconds', 0):8.1f} {b.get('seconds', 0):8.1f} "
+            f"{a.get('tests', 0):5d}->{b.get('tests', 0):<5d}  {name}"
+        )
+    print(
+        f"  {sum(e['seconds'] for e in old.values()):8.1f} {sum(e['seconds'] for e in new.values()):8.1f} "
+        f"{len(before):5d}->{len(after):<5d}  (all; test-seconds, summed over workers)"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run pytest with the profile plugin, then show")
+    run.add_argument("profile")
+    run.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    view = sub.add_parser("show", help="summarise a profile")
+    view.add_argument("profile")
+    view.add_argument("--top", type=int, default=25)
+    both = sub.add_parser("compare", help="two profiles' per-file times")
+    both.add_argument("before")
+    both.add_argument("after")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        if os.path.exists(args.profile):
+            os.remove(args.profile)
+        extra = [a for a in args.pytest_args if a != "--"]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = subprocess.call(
+            [sys.executable, "-m", "pytest", "--suite-profile", os.path.abspath(args.profile), *extra],
+            cwd=root,
+        )
+        if os.path.exists(args.profile):
+            show(load(args.profile))
+        return code
+    if args.command == "show":
+        show(load(args.profile), args.top)
+        return 0
+    compare(load(args.before), load(args.after))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
