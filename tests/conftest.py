@@ -1,11 +1,17 @@
+import gc
 import json
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 import pytest
+
+# --suite-profile FILE: each test's wall time and memory (tools/suite_profile.py)
+import suite_profile_plugin
+from suite_profile_plugin import pytest_addoption  # noqa: F401
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -71,26 +77,163 @@ def tmp_session(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def digits():
+def digits(tmp_path_factory):
     """A small Next-ViT trained for 4 epochs on scikit-learn's digits
     (32x32, normalised; ~98% held-out accuracy), for the int8 exports: the
     synthetic weights make every image's logits point almost the same way,
     so only a trained model shows what int8 does to predictions. (After 2
     epochs, at ~88%, near-ties flip under any int8 and top-1 agreement
-    measures the ties rather than the quantization.) Returns a namespace with
-    ``model``, ``images``, ``labels``, ``train`` and ``held_out`` indices,
-    and ``calibration`` (8 batches of 8 training images)."""
-    import sys
+    measures the ties rather than the quantization.) Trained once per test
+    run: the first worker that needs it saves its weights, the others load
+    them. Returns a namespace with ``model``, ``images``, ``labels``,
+    ``train`` and ``held_out`` indices, and ``calibration`` (8 batches of 8
+    training images)."""
     import types
 
     sys.path.insert(0, str(DATA.parent.parent / "tools"))
-    from int8_study import train_digits
+    from int8_study import digits_data, digits_model, train_digits
 
-    model, images, labels, train, held_out = train_digits(epochs=4)
-    _, accuracy = model.evaluate(images[held_out], labels[held_out], verbose=0)
-    assert accuracy >= 0.9  # trained: its logits depend on the image
+    def make(directory):
+        model = train_digits(epochs=4)[0]
+        model.save_weights(directory / "digits.weights.h5")
+
+    directory = shared_artifact(tmp_path_factory, "digits", make)
+    images, labels, train, held_out = digits_data()
+    model = digits_model()
+    model.load_weights(directory / "digits.weights.h5")
+    # trained: its logits depend on the image (the model outputs logits;
+    # accuracy reads their argmax)
+    accuracy = float(np.mean(np.argmax(model.predict(images[held_out], verbose=0), -1) == labels[held_out]))
+    assert accuracy >= 0.9
     calibration = [images[train[i : i + 8]] for i in range(0, 64, 8)]
     return types.SimpleNamespace(
         model=model, images=images, labels=labels, train=train, held_out=held_out,
         calibration=calibration,
     )
+
+
+# ---------------------------------------------------------------- the run
+#
+# The suite runs in two pytest-xdist workers (``-n 2``, the README's test
+# command) under the scheduler below. Each test file is one group, so that a file's
+# module-scoped fixtures are built once, on one worker; the files that take
+# minutes and whose tests share nothing costly are split, a test (every
+# parametrisation of it) to a group: each notebook, each backend subprocess,
+# each training run. The groups start longest first, by the seconds the last
+# profile gave them (``tools/suite_profile.py``, one process, 2-core Intel
+# Xeon), so that the two workers end together; the rest follow in file order.
+
+SPLIT_BY_TEST = {"test_tutorials.py", "test_backends.py", "test_training.py"}
+SECONDS = {
+    "test_export.py": 395,
+    "test_tutorials.py::test_tutorial_runs::03_deployment": 192,
+    "test_hub.py": 170,
+    "test_segmentation_training.py": 145,
+    "test_tutorials.py::test_tutorial_runs::04_finetuning": 143,
+    "test_segmentation_export.py": 134,
+    "test_training.py::test_jax_data_parallel_across_two_processes": 123,
+    "test_cli.py": 119,
+    "test_tutorials.py::test_tutorial_runs::05_segmentation": 110,
+    "test_tutorials.py::test_tutorial_runs::06_keras_hub": 84,
+    "test_weights.py": 80,
+    "test_export_openvino.py": 77,
+    "test_segmentation_model.py": 77,
+    "test_training.py::test_resume_continues_exactly": 76,
+    "test_segmentation_reference.py": 72,
+    "test_reparam.py": 70,
+    "test_backends.py::test_parity_on_backend::jax-jax": 66,
+    "test_backends.py::test_parity_on_backend::torch-torch": 32,
+    "test_model.py": 62,
+    "test_training.py::test_mirrored_strategy_two_devices_equals_one": 47,
+    "test_training.py::test_loss_goes_down": 44,
+    "test_training.py::test_mixed_precision": 66,
+    "test_backends.py::test_jax_dense_as_matrix_matches_keras": 36,
+    "test_training.py::test_ema_weights_are_what_training_returns": 36,
+}
+
+
+def group_of(nodeid):
+    """The group a test id belongs to: its file, or for the files split by
+    test, its test (a notebook, a backend, a training run)."""
+    path, _, name = nodeid.partition("::")
+    path = path.rsplit("/", 1)[-1]
+    if path not in SPLIT_BY_TEST:
+        return path
+    function, _, case = name.partition("[")
+    if path == "test_training.py" or not case:  # a training run's cases share a group
+        return f"{path}::{function}"
+    return f"{path}::{function}::{case.rstrip(']')}"
+
+
+def pytest_configure(config):
+    suite_profile_plugin.pytest_configure(config)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``-n``: xdist's scope scheduler (a group runs whole on one
+    worker, a worker takes the next group when it is free) with our groups,
+    in the collection's order, which is longest first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongestGroupsFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return group_of(nodeid)
+
+    # keep the collection's order: xdist would otherwise start with the
+    # groups that have the most tests, whatever they cost
+    config.option.loadscopereorder = False
+    return LongestGroupsFirst(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    # a stable sort keeps each group's tests together and in their order
+    items.sort(key=lambda item: -SECONDS.get(group_of(item.nodeid), 0))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_module_state(request):
+    """After each test file: drop what it kept (its lru_cache'd models and
+    checkpoints), Keras' and TensorFlow's global state, and give the freed
+    memory back to the system, so that a worker stays small however many
+    files it runs. Module-scoped fixtures are already finalised by then
+    (this one is set up first, so it is torn down last)."""
+    yield
+    for value in list(vars(request.module).values()):
+        if callable(getattr(value, "cache_clear", None)) and hasattr(value, "cache_info"):
+            value.cache_clear()
+    _STATE_CACHE.clear()  # up to 1 GB for S, B and L in both namings; remade in 0.5 s each
+    release_memory()
+
+
+def release_memory():
+    if "keras" in sys.modules:
+        import keras
+
+        keras.backend.clear_session(free_memory=True)
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def shared_artifact(tmp_path_factory, name, make):
+    """A directory made once per test run, however many xdist workers ask:
+    the first calls ``make(directory)`` under a lock, the others wait for it
+    and reuse the result (the run's temporary root is shared by workers)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    directory = root / f"shared-{name}"
+    with FileLock(str(directory) + ".lock"):
+        if not (directory / ".done").exists():
+            directory.mkdir(exist_ok=True)
+            make(directory)
+            (directory / ".done").write_text("")
+    return directory

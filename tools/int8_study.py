@@ -63,22 +63,39 @@ RECIPES = {
 NNCF_DEFAULTS = "NNCF defaults (mean min/max, fast bias correction)"
 
 
-def train_digits(epochs=4):
-    """The small Next-ViT (depths 1/1/5/1, 32x32) trained on digits, with its
-    data: ``(model, images, labels, train, held_out)``."""
-    import keras
+def digits_data():
+    """scikit-learn's digits as 32x32x3 normalised images, with the labels
+    and the fixed training and held-out indices: ``(images, labels, train,
+    held_out)``."""
     import numpy as np
     from sklearn.datasets import load_digits
-
-    import keras_nextvit
 
     data = load_digits()
     images = np.kron(data.images.astype("float32") / 16.0, np.ones((4, 4), "float32"))
     images = (np.repeat(images[..., None], 3, axis=-1) - 0.5) / 0.25  # 32x32x3
     order = np.random.default_rng(0).permutation(len(images))
     train, held_out = order[:1400], order[1400:1496]
+    return images, data.target, train, held_out
+
+
+def digits_model():
+    """The small Next-ViT (depths 1/1/5/1, 32x32, 10 classes) that
+    ``train_digits`` trains, untrained (seeded)."""
+    import keras
+
+    import keras_nextvit
+
     keras.utils.set_random_seed(0)
-    model = keras_nextvit.NextViT(depths=(1, 1, 5, 1), input_shape=(32, 32, 3), classes=10)
+    return keras_nextvit.NextViT(depths=(1, 1, 5, 1), input_shape=(32, 32, 3), classes=10)
+
+
+def train_digits(epochs=4):
+    """The small Next-ViT (depths 1/1/5/1, 32x32) trained on digits, with its
+    data: ``(model, images, labels, train, held_out)``."""
+    import keras
+
+    images, labels, train, held_out = digits_data()
+    model = digits_model()
     steps = epochs * -(-len(train) // 64)
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps - 10, warmup_target=1e-3, warmup_steps=10)
     model.compile(
@@ -86,8 +103,8 @@ def train_digits(epochs=4):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(images[train], data.target[train], batch_size=64, epochs=epochs, verbose=0)
-    return model, images, data.target, train, held_out
+    model.fit(images[train], labels[train], batch_size=64, epochs=epochs, verbose=0)
+    return model, images, labels, train, held_out
 
 
 def _quantize(converted, calibration, recipe):
