@@ -25,6 +25,7 @@ def _require(backend, module):
 
 
 @pytest.mark.parametrize("backend,module", [("jax", "jax"), ("torch", "torch")])
+@pytest.mark.slow
 def test_parity_on_backend(backend, module):
     _require(backend, module)
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
@@ -117,6 +118,7 @@ print("TRAINING OK")
 """
 
 
+@pytest.mark.slow
 def test_torch_direct_forms_match_keras():
     """On the PyTorch backend the blocks compute their sub-layers directly in
     PyTorch (keras_nextvit.torch_fast); that form must equal Keras' own, in
@@ -171,6 +173,7 @@ print("JAX OK")
 """
 
 
+@pytest.mark.slow
 def test_jax_dense_as_matrix_matches_keras():
     """On JAX the blocks' Dense layers on feature maps run as one matrix
     product of the flattened rows (a faster gradient under XLA); inference and

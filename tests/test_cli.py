@@ -41,6 +41,7 @@ def test_help_needs_no_backend(args):
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_info_prints_counts_against_the_paper():
     result = subprocess.run(  # as a user runs it: no TF_CPP_MIN_LOG_LEVEL of ours
         [sys.executable, "-m", "keras_nextvit.cli", "info"],
@@ -57,6 +58,7 @@ def test_info_prints_counts_against_the_paper():
     assert out.count("nextvit_") >= 12  # the presets
 
 
+@pytest.mark.slow
 def test_demo_classifies_saves_and_reloads():
     result = run("demo", "--size", "96")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -66,6 +68,7 @@ def test_demo_classifies_saves_and_reloads():
     assert "reloaded: max abs difference 0.0e+00" in out
 
 
+@pytest.mark.slow
 def test_demo_with_a_checkpoint(tmp_path):
     from conftest import synthetic_checkpoint
     from safetensors.numpy import save_file
@@ -77,6 +80,7 @@ def test_demo_with_a_checkpoint(tmp_path):
     assert f"weights: {path}" in result.stdout and "untrained" not in result.stdout
 
 
+@pytest.mark.slow
 def test_bad_requests_exit_with_a_message(tmp_path):
     result = run("demo", "--weights", "nextvit_tiny.bd_in1k")
     assert result.returncode == 2 and "Unknown preset 'nextvit_tiny.bd_in1k'" in result.stderr
@@ -95,6 +99,7 @@ def test_export_command_offers_every_quantize_mode():
     assert set(cli.QUANTIZE_CHOICES) == modes
 
 
+@pytest.mark.slow
 def test_export_command_prints_the_report(tmp_path):
     path = tmp_path / "m.tflite"
     result = run("export", str(path), "--format", "tflite", "--size", "64")
@@ -114,6 +119,7 @@ def test_tensorflow_model_optimization_refuses_keras3_models():
         tfmot.sparsity.keras.prune_low_magnitude(model)
 
 
+@pytest.mark.slow
 def test_keras_int8_quantization_of_the_merged_model():
     """Keras' own int8 (Dense layers, i.e. every 1x1 conv and linear)."""
     import keras

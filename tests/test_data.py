@@ -53,6 +53,7 @@ def batches(dataset, count):
     return [(x.numpy(), y.numpy()) for x, y in dataset.take(count)]
 
 
+@pytest.mark.slow
 def test_training_batches_depend_on_seed_and_epoch_only(folder):
     kwargs = dict(batch_size=4, image_size=32, epochs=3)
     from_start = batches(data_lib.training_dataset(folder, seed=7, **kwargs), 9)

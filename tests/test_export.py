@@ -39,6 +39,7 @@ def inputs(seed, batch):
 
 
 @pytest.mark.parametrize("fmt,suffix", [("saved_model", ""), ("tflite", ".tflite")])
+@pytest.mark.slow
 def test_float_exports_match_keras_on_golden_input(model, golden_input, tmp_path, fmt, suffix):
     report = keras_nextvit.export(
         model, tmp_path / f"model{suffix}", format=fmt, verification_data=golden_input
@@ -51,6 +52,7 @@ def test_float_exports_match_keras_on_golden_input(model, golden_input, tmp_path
     assert "max abs error" in str(report)
 
 
+@pytest.mark.slow
 def test_onnx_graph_is_merged_and_tensorrt_parsable(model, golden_input, tmp_path):
     """The ONNX float export (dynamic batch) on the golden input and two more,
     and the graph it holds. The fixed-batch path: the unmerged test below."""
@@ -85,12 +87,14 @@ def test_onnx_graph_is_merged_and_tensorrt_parsable(model, golden_input, tmp_pat
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 0  # dynamic batch
 
 
+@pytest.mark.slow
 def test_unmerged_onnx_keeps_batchnorm_math(model, tmp_path):
     path = tmp_path / "raw.onnx"
     report = keras_nextvit.export(model, path, format="onnx", merge_bn=False, verification_data=inputs(6, 1))
     assert report.output().relative_error <= 1e-4
 
 
+@pytest.mark.slow
 def test_saved_model_uint8_signature(model, tmp_path):
     import tensorflow as tf
 
@@ -133,6 +137,7 @@ def test_mlp_slices_for_xnnpack():
             mlp_hidden_chunks(384, 1152, budget_bytes=bad)
 
 
+@pytest.mark.slow
 def test_float_tflite_runs_mlps_in_slices(tmp_path):
     """Float TFLite models get the sliced MLPs (more FULLY_CONNECTED ops, same
     numbers); quantized ones, and the Keras model after, keep them whole."""
@@ -164,6 +169,7 @@ def test_float_tflite_runs_mlps_in_slices(tmp_path):
     assert all(m.hidden_chunks == 1 for m in mlps)
 
 
+@pytest.mark.slow
 def test_tflite_float16(model, tmp_path):
     report = keras_nextvit.export(
         model, tmp_path / "fp16.tflite", format="tflite", quantize="float16", verification_data=inputs(7, 4)
@@ -172,6 +178,7 @@ def test_tflite_float16(model, tmp_path):
     assert report.file_size_bytes < 0.6 * 127e6
 
 
+@pytest.mark.slow
 def test_tflite_dynamic_range(model, tmp_path):
     report = keras_nextvit.export(
         model, tmp_path / "dyn.tflite", format="tflite", quantize="dynamic", verification_data=inputs(8, 4)
@@ -181,6 +188,7 @@ def test_tflite_dynamic_range(model, tmp_path):
 
 
 @pytest.mark.parametrize("quantize", ["int8", "int8_float_attention"])
+@pytest.mark.slow
 def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
     """int8, calibrated on some inputs, checked on others. ``int8`` is
     full-integer; ``int8_float_attention`` keeps only the attention products
@@ -317,6 +325,7 @@ def test_symmetric_matmul_operands_rewrites_projected_keys_only():
     assert symmetric_matmul_operands(content) == content
 
 
+@pytest.mark.slow
 def test_tflite_int8_keeps_a_trained_models_predictions(digits, tmp_path):
     """The synthetic weights above make every image's logits point almost
     the same way (cosine ~0.999 between images), so their int8 cosine says
@@ -337,6 +346,7 @@ def test_tflite_int8_keeps_a_trained_models_predictions(digits, tmp_path):
     assert check.top1_agreement >= 0.97, str(report)
 
 
+@pytest.mark.slow
 def test_int8_from_image_folder(model, tmp_path):
     from PIL import Image
 
@@ -372,6 +382,7 @@ def test_unknown_format_and_mode(model, tmp_path):
         keras_nextvit.export(model, tmp_path / "m.onnx", format="onnx", quantize="float16")
 
 
+@pytest.mark.slow
 def test_bad_representative_data(model, tmp_path):
     with pytest.raises(ValueError, match=r"shape \(1, 32, 32, 3\); expected \(batch, 64, 96, 3\)"):
         keras_nextvit.export(

@@ -41,6 +41,7 @@ def ops(path):
     return {op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()}
 
 
+@pytest.mark.slow
 def test_float32_matches_keras_on_golden_input(float32):
     path, report = float32
     check = report.output("logits")
@@ -70,6 +71,7 @@ def test_float32_is_float32_arithmetic_and_bf16_is_reported(float32):
         assert not report.variants
 
 
+@pytest.mark.slow
 def test_float16_weights(model, float32, tmp_path):
     path = tmp_path / "nextvit_s_fp16.xml"
     report = keras_nextvit.export(
@@ -82,6 +84,7 @@ def test_float16_weights(model, float32, tmp_path):
     assert path.with_suffix(".bin").stat().st_size < 0.55 * fp32_bytes
 
 
+@pytest.mark.slow
 def test_int8_keeps_a_trained_models_predictions(digits, tmp_path):
     """NNCF int8, calibrated on 64 training digits, checked on 96 held-out
     ones (see conftest's ``digits``)."""
@@ -115,6 +118,7 @@ def test_path_must_be_xml(model, tmp_path):
         openvino.OpenVINORunner(tmp_path / "missing.xml", precision="int8")
 
 
+@pytest.mark.slow
 def test_dynamic_size_needs_input_size(tmp_path):
     any_size = keras_nextvit.NextViT(depths=(1, 1, 5, 1), input_shape=(None, None, 3))
     with pytest.raises(ValueError, match="Pass input_size=224"):
@@ -126,6 +130,7 @@ def test_dynamic_size_needs_input_size(tmp_path):
     assert report.output().max_abs_error <= 1e-4 * report.output().max_abs_reference, str(report)
 
 
+@pytest.mark.slow
 def test_feature_extractor_with_dynamic_batch(tmp_path):
     """A backbone's four stage outputs, named, at a batch of 3 through an IR
     exported with a dynamic batch."""
@@ -145,6 +150,7 @@ def test_feature_extractor_with_dynamic_batch(tmp_path):
     assert shapes == [(3, 16, 16, 96), (3, 8, 8, 256), (3, 4, 4, 512), (3, 2, 2, 1024)]
 
 
+@pytest.mark.slow
 def test_segmenter(tmp_path):
     from test_segmentation_export import SHAPE as SEG_SHAPE
     from test_segmentation_export import images, tiny
@@ -169,6 +175,7 @@ def run_python(code, hidden=(), **env):
     )
 
 
+@pytest.mark.slow
 def test_without_the_extra(tmp_path):
     """Without openvino (and nncf) the package imports, and the OpenVINO
     format says which extra to install: from the API and the command line,
@@ -198,6 +205,7 @@ def test_without_the_extra(tmp_path):
     assert out.returncode == 2 and "needs NNCF" in out.stderr and "keras-nextvit[openvino]" in out.stderr
 
 
+@pytest.mark.slow
 def test_export_sends_no_telemetry(tmp_path):
     """OpenVINO's converter and NNCF send usage data unless opted out (and
     write a client id under ~/intel first); an int8 export, run outside

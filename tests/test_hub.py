@@ -52,6 +52,7 @@ def hub_preset(hub_presets):
 
 
 @pytest.mark.parametrize("naming", ["timm", "official"])
+@pytest.mark.slow
 def test_image_classifier_from_preset_equals_nextvit(hub_presets, naming):
     """keras-hub's base ImageClassifier.from_preset finds the Next-ViT task and
     computes the logits of NextViTSmall(weights=checkpoint)."""
@@ -71,6 +72,7 @@ def test_image_classifier_from_preset_equals_nextvit(hub_presets, naming):
     assert isinstance(backbone, hub.NextViTBackbone)
 
 
+@pytest.mark.slow
 def test_preprocessor_is_the_presets_transform(hub_preset):
     """The preset's preprocessor resizes, crops and normalises as
     load_image + preprocess_input do (Keras' antialiased bicubic resize
@@ -95,6 +97,7 @@ def test_preprocessor_is_the_presets_transform(hub_preset):
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.slow
 def test_from_preset_on_backend(hub_presets, backend):
     """The preset folders (written on TensorFlow) load on JAX and PyTorch and
     give NextViTSmall's logits there, for both namings."""
@@ -125,6 +128,7 @@ def tiny():
     return model, hub.backbone_from_model(model)
 
 
+@pytest.mark.slow
 def test_pyramid_outputs_equal_feature_extractor(tiny):
     model, backbone = tiny
     assert sorted(backbone.pyramid_outputs) == ["P2", "P3", "P4", "P5"]
@@ -140,6 +144,7 @@ def test_pyramid_outputs_equal_feature_extractor(tiny):
     np.testing.assert_array_equal(numpy(backbone(x)), numpy(top_less(x)))
 
 
+@pytest.mark.slow
 def test_backbone_round_trips(tiny, tmp_path):
     _, backbone = tiny
     x = np.random.default_rng(2).standard_normal((1, 64, 64, 3)).astype("float32")
@@ -154,6 +159,7 @@ def test_backbone_round_trips(tiny, tmp_path):
     assert from_preset.get_config() == backbone.get_config()
 
 
+@pytest.mark.slow
 def test_classifier_round_trip(tiny, tmp_path):
     """A classifier with its preprocessor, saved and reloaded as .keras."""
     _, backbone = tiny
@@ -176,6 +182,7 @@ def _fit(task, x, y, epochs):
     return history
 
 
+@pytest.mark.slow
 def test_deeplab_v3_with_nextvit_encoder(tmp_path):
     keras.utils.set_random_seed(0)
     data = coloured_shapes(8, 64, seed=0)
@@ -199,6 +206,7 @@ def test_deeplab_v3_with_nextvit_encoder(tmp_path):
     np.testing.assert_allclose(numpy(reloaded(x[:2])), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_retinanet_with_nextvit_encoder(tmp_path):
     keras.utils.set_random_seed(0)
     data = coloured_shapes(8, 64, seed=0)
@@ -239,6 +247,7 @@ def test_save_preset_bad_sources(tmp_path):
         hub.NextViTBackbone(depths=TINY, image_shape=(16, 16, 3))
 
 
+@pytest.mark.slow
 def test_cli_hub_preset(hub_preset, tmp_path, capsys):
     from keras_nextvit import cli
 
@@ -254,6 +263,7 @@ def test_cli_hub_preset(hub_preset, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("order", ["keras_nextvit, keras_hub", "keras_hub, keras_nextvit"])
+@pytest.mark.slow
 def test_registered_once_keras_hub_is_imported(order):
     """keras-hub loads TensorFlow, so ``import keras_nextvit`` leaves it alone
     on other backends; the hub classes are registered as soon as keras_hub is
@@ -276,6 +286,7 @@ def test_registered_once_keras_hub_is_imported(order):
         assert "HUB_AFTER_NEXTVIT False" in out.stdout, out.stdout
 
 
+@pytest.mark.slow
 def test_without_keras_hub():
     """Without keras-hub, keras_nextvit imports and keras_nextvit.hub (and the
     command) say what to install."""

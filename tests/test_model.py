@@ -110,6 +110,7 @@ def test_classifier_activation_and_input_tensor():
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_drop_path_is_active_in_training_only():
     model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), drop_path_rate=0.5)
     rates = [layer.drop_path for layer in model.layers if hasattr(layer, "drop_path")]
@@ -144,6 +145,7 @@ def trained_like():
     return model
 
 
+@pytest.mark.slow
 def test_keras_file_round_trip(trained_like, tmp_path):
     x = images((2, 64, 64, 3))
     path = tmp_path / "model.keras"
@@ -162,6 +164,7 @@ np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
 """
 
 
+@pytest.mark.slow
 def test_keras_file_loads_after_import_keras_nextvit(tmp_path):
     """``import keras_nextvit`` is lazy (the command line answers without
     Keras), yet ``keras.saving.load_model`` right after it finds every layer
@@ -184,6 +187,7 @@ def test_keras_file_loads_after_import_keras_nextvit(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_config_round_trip(trained_like):
     x = images((2, 64, 64, 3))
     clone = keras.Model.from_config(trained_like.get_config())
@@ -191,6 +195,7 @@ def test_config_round_trip(trained_like):
     np.testing.assert_array_equal(clone.predict(x, verbose=0), trained_like.predict(x, verbose=0))
 
 
+@pytest.mark.slow
 def test_weights_h5_round_trip(trained_like, tmp_path):
     x = images((2, 64, 64, 3))
     path = tmp_path / "model.weights.h5"

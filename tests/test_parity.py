@@ -37,6 +37,7 @@ def test_state_dict_spec_matches_reference(variant):
 
 @pytest.mark.parametrize("naming", ["timm", "official"])
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_golden_outputs(case, naming):
     variant = CASES[case]
     model, probe_model = probe(variant)

@@ -22,6 +22,7 @@ def outputs_of(model):
 
 
 @pytest.mark.parametrize("case", ["small_64x96_feat", "base_224", "large_224"])
+@pytest.mark.slow
 def test_merged_model_matches(case):
     variant = CASES[case]
     model = BUILDERS[variant](input_shape=(None, None, 3))
@@ -39,6 +40,7 @@ def test_merged_model_matches(case):
 
 
 @pytest.mark.parametrize("kwargs", [dict(include_top=False), dict(include_top=False, pooling="max")])
+@pytest.mark.slow
 def test_headless_merge_keeps_the_final_norm_as_affine(kwargs):
     model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), **kwargs)
     keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
@@ -49,6 +51,7 @@ def test_headless_merge_keeps_the_final_norm_as_affine(kwargs):
     assert_close(merged.predict(x, verbose=0), model.predict(x, verbose=0), what="features")
 
 
+@pytest.mark.slow
 def test_merge_is_not_a_no_op():
     """Merged weights really differ from the originals (the test can fail)."""
     model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
@@ -64,6 +67,7 @@ def test_merge_is_not_a_no_op():
         assert_close(merged.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+@pytest.mark.slow
 def test_merged_model_serializes(tmp_path):
     model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), classes=5)
     merged = keras_nextvit.merge_batchnorm(model)
@@ -75,6 +79,7 @@ def test_merged_model_serializes(tmp_path):
     assert reparam.count_batchnorms(restored) == 0
 
 
+@pytest.mark.slow
 def test_merge_keeps_pre_logits_output():
     """A model that also outputs pre-logits keeps the final norm (as an affine)."""
     model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))

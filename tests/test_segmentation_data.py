@@ -215,6 +215,7 @@ def test_default_recipe_batches(scenes):
     assert set(np.unique(masks)) <= {0, 1, 2, 3, 255}
 
 
+@pytest.mark.slow
 def test_batches_depend_on_seed_and_epoch_only(scenes):
     kwargs = dict(batch_size=2, aug=SMALL)
     first = batches(seg_data.training_dataset(scenes, epoch=1, seed=5, **kwargs))

@@ -22,6 +22,7 @@ tensorflow_only = pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_merged_segmenter_on_golden_input(case):
     variant, head = CASES[case]
     model, _ = probe(variant, head)
@@ -61,6 +62,7 @@ def images(batch=2, seed=0):
     # what FPN's would (nearest and bilinear resizes, the PPM's pooling matrices).
     [("fpn", "tflite", ".tflite"), ("upernet", "tflite", ".tflite"), ("upernet", "onnx", ".onnx")],
 )
+@pytest.mark.slow
 def test_float_exports(tmp_path, head, fmt, suffix):
     report = keras_nextvit.export(
         tiny(head), tmp_path / f"seg{suffix}", format=fmt, input_size=SHAPE,
@@ -73,6 +75,7 @@ def test_float_exports(tmp_path, head, fmt, suffix):
 
 
 @tensorflow_only
+@pytest.mark.slow
 def test_int8_and_float16_tflite(tmp_path):
     model = tiny("fpn")
     calibration = [images(1, seed) for seed in range(4)]

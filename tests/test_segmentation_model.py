@@ -40,6 +40,7 @@ def save_pth(state, path, wrap=True):
     torch.save({"meta": {"CLASSES": ["a"], "iter": 80000}, "state_dict": tensors} if wrap else tensors, path)
 
 
+@pytest.mark.slow
 def test_published_checkpoint_formats(tmp_path):
     model = small()
     state = seg_checkpoint("fpn", "small")
@@ -55,6 +56,7 @@ def test_published_checkpoint_formats(tmp_path):
     np.testing.assert_array_equal(again.predict(images(), verbose=0), expected)
 
 
+@pytest.mark.slow
 def test_auxiliary_head_loaded_or_skipped():
     state = seg_checkpoint("upernet", "small")
     with_aux = small("upernet", True)
@@ -137,6 +139,7 @@ def test_bad_builder_arguments():
 
 
 @pytest.mark.parametrize("head", ["fpn", "upernet"])
+@pytest.mark.slow
 def test_keras_file_round_trip_and_fixed_size_form(tmp_path, head):
     """A .keras round trip computes the same; a fixed-size build (where the
     TensorFlow backend resizes with its native bilinear op) computes what
@@ -196,6 +199,7 @@ def test_slide_equals_whole_for_a_pointwise_model():
     np.testing.assert_array_equal(slide[0], whole[0])
 
 
+@pytest.mark.slow
 def test_segment_is_the_model_at_the_images_size():
     model = NextViTSegmenter(**TINY)
     image = np.random.default_rng(5).integers(0, 256, (70, 90, 3), dtype=np.uint8)
@@ -244,6 +248,7 @@ def test_plot_segmentation():
 # ------------------------------------------------------------ command line
 
 
+@pytest.mark.slow
 def test_segment_command(tmp_path, capsys):
     from PIL import Image
 
@@ -267,6 +272,7 @@ def test_segment_command_bad_input_has_no_traceback(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_info_segmentation_prints_sizes_and_flops(capsys):
     assert cli.main(["info", "--segmentation"]) == 0
     out = capsys.readouterr().out
@@ -295,6 +301,7 @@ def test_imports_run_one_way():
     assert not loader & {"model", "segmentation", "segmentation.model"}, loader
 
 
+@pytest.mark.slow
 def test_importing_the_package_loads_no_tensorflow_on_other_backends():
     """The segmentation package must not pull TensorFlow (its tf.data
     pipelines) into ``import keras_nextvit`` on the JAX backend."""

@@ -87,6 +87,7 @@ def test_state_dict_spec_matches_reference(variant, head):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_golden_outputs(case):
     variant, head = CASES[case]
     data = seg_golden(case)

@@ -57,6 +57,7 @@ _PAIRS = {}
 
 
 @pytest.mark.parametrize("variant,head,shape", CASES)
+@pytest.mark.slow
 def test_matches_torch_reference(variant, head, shape):
     if (variant, head) not in _PAIRS:
         _PAIRS.clear()  # one pair at a time: the large ones are big

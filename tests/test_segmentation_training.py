@@ -174,6 +174,7 @@ print("RESULT", json.dumps([keras.backend.backend(), float(loss(labels, logits))
 """
 
 
+@pytest.mark.slow
 def test_loss_and_schedule_on_jax_and_torch():
     import os
 
@@ -202,6 +203,7 @@ def test_loss_and_schedule_on_jax_and_torch():
         assert lr == pytest.approx(6e-5 * (1 - 3 / 100) * (1 - (1 - 3 / 10) * (1 - 1e-6)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_weight_decay_spares_norms_in_upernet_recipe():
     from keras_nextvit.segmentation import NextViTSegmenter
 
@@ -267,6 +269,7 @@ def fpn_run(scenes, tmp_path_factory):
 FPN = dict(COMMON, iterations=24, iterations_per_epoch=12, batch_size=4, learning_rate=1e-3)
 
 
+@pytest.mark.slow
 def test_fpn_loss_goes_down(fpn_run):
     result, out = fpn_run
     losses = result.history["step_loss"]
@@ -292,6 +295,7 @@ def test_fpn_loss_goes_down(fpn_run):
     assert reloaded(np.zeros((1, 48, 80, 3), "float32")).shape == (1, 48, 80, 4)
 
 
+@pytest.mark.slow
 def test_finished_run_trains_no_more(fpn_run, scenes):
     result, out = fpn_run
     again = seg_training.train(scenes, val_dir=scenes, output_dir=out, **FPN)
@@ -315,6 +319,7 @@ def upernet_run(scenes, tmp_path_factory):
     return seg_training.train(scenes, output_dir=out, **UPERNET)
 
 
+@pytest.mark.slow
 def test_upernet_auxiliary_loss_is_weighted(upernet_run, scenes):
     model = upernet_run.training_model
     assert set(model.output) == {"decode", "auxiliary"}
@@ -361,6 +366,7 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(upernet_run, scenes, tmp_path):
     # mmseg's augmentation, drop path, the heads' dropout, the warm-up and a
     # resume in the middle of a data pass (iteration 3 of 4) that then

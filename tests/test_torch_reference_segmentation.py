@@ -76,6 +76,7 @@ def test_state_dict_matches_mmseg_naming(variant, head):
 
 
 @pytest.mark.parametrize("head", ["fpn", "upernet"])
+@pytest.mark.slow
 def test_reference_reproduces_golden_segmentation(head):
     data = golden(head)
     assert str(data["variant"]) == "small" and str(data["head"]) == head
@@ -163,6 +164,7 @@ def test_matmul_adaptive_pool_equals_torch(hw, s):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.slow
 def test_onnx_export_matches_eager(tmp_path):
     """UperNet, whose PPM pools need the export-time swap (Semantic FPN
     exports as is; left out to keep the test short)."""

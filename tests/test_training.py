@@ -116,6 +116,7 @@ def test_no_weight_decay_on_norms_and_biases():
 # ----------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_loss_goes_down(folder, tmp_path):
     result = training.train(
         folder / "train",
@@ -147,6 +148,7 @@ class RawWeights(keras.callbacks.Callback):
         self.weights = [np.array(v) for v in self.model.trainable_variables]
 
 
+@pytest.mark.slow
 def test_ema_weights_are_what_training_returns(folder, tmp_path):
     raw = RawWeights()
     result = training.train(
@@ -186,6 +188,7 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(folder, tmp_path):
     # The paper's augmentation (RandAugment, erasing, Mixup/CutMix) and drop
     # path are on: resuming must restore their random state too.
@@ -208,6 +211,7 @@ def test_resume_continues_exactly(folder, tmp_path):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6, err_msg=a.path)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_mean_gradient():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 32, 32, 3)).astype("float32")
@@ -249,6 +253,7 @@ def test_gradient_accumulation_equals_the_mean_gradient():
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+@pytest.mark.slow
 def test_mixed_precision(folder, tmp_path, precision):
     result = training.train(
         folder / "train",
@@ -284,6 +289,7 @@ def test_mixed_precision(folder, tmp_path, precision):
     assert not np.array_equal(half_logits, full_logits)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients():
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     keras.utils.set_random_seed(3)
@@ -327,6 +333,7 @@ def test_replace_classifier_and_freeze_stages():
         finetune.freeze_stages(new, 5)
 
 
+@pytest.mark.slow
 def test_fine_tune_from_a_checkpoint(folder, tmp_path):
     keras.utils.set_random_seed(5)
     source = tiny_model(classes=1000)
@@ -429,6 +436,7 @@ assert unsynced_error > 1e-2, unsynced_error  # the comparison can tell them apa
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_two_devices_equals_one():
     """One step of fit() under MirroredStrategy on two logical CPUs equals the
     same global batch on one device: the dataset split, the per-replica loss
@@ -450,6 +458,7 @@ def test_mirrored_strategy_two_devices_equals_one():
 # ---------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_train_command(folder, tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
@@ -495,6 +504,7 @@ def _jax_result(process):
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_across_two_processes(folder, tmp_path):
     """keras.distribution.DataParallel over two JAX processes (the multi-machine
     setup of the README, here on one machine) trains the same steps as one

@@ -30,6 +30,7 @@ def test_every_notebook_is_listed():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FIGURES))
+@pytest.mark.slow
 def test_tutorial_runs(name, tmp_path):
     source = TUTORIALS / f"{name}.ipynb"
     shutil.copy(source, tmp_path)

@@ -51,6 +51,7 @@ def save_safetensors(state, path):
 
 @pytest.mark.parametrize("naming", ["timm", "official"])
 @pytest.mark.parametrize("fmt", ["pth", "safetensors", "npz", "wrapped_pth"])
+@pytest.mark.slow
 def test_file_formats_and_namings(reference, tmp_path, fmt, naming):
     state = synthetic_checkpoint("small", naming)
     path = tmp_path / f"ckpt.{fmt.replace('wrapped_', '')}"
@@ -88,6 +89,7 @@ def ten_class_checkpoint():
     return state
 
 
+@pytest.mark.slow
 def test_other_class_count_loads_headless_and_into_matching_head(reference, x):
     state = ten_class_checkpoint()
     headless = small(include_top=False, pooling="avg")
@@ -168,6 +170,7 @@ def test_pickle_that_is_not_a_state_dict(tmp_path):
         keras_nextvit.load_torch_weights(small(), str(path))
 
 
+@pytest.mark.slow
 def test_unknown_format_and_missing_file(tmp_path):
     path = tmp_path / "weights.bin.gz"
     path.write_bytes(b"\x00" * 64)
@@ -195,6 +198,7 @@ def test_unknown_preset():
         small(weights="imagenet")  # the keras.applications habit
 
 
+@pytest.mark.slow
 def test_preset_from_local_cache(reference, tmp_path, monkeypatch, x):
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
     save_safetensors(synthetic_checkpoint("small"), weights.preset_path("nextvit_small.bd_in1k_384"))
@@ -234,6 +238,7 @@ def test_preset_not_cached_without_download(tmp_path):
 
 
 @pytest.mark.parametrize("naming", ["timm", "official"])
+@pytest.mark.slow
 def test_convert_tool(reference, tmp_path, naming, x):
     src = tmp_path / "ckpt.safetensors"
     save_safetensors(synthetic_checkpoint("small", naming), src)
