@@ -35,9 +35,9 @@ def _mib(kib):
 
 
 class SuiteProfile:
-    def __init__(self, path):
+    def __init__(self, path, worker):
         self.path = path
-        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.worker = worker
         self._outcome = {}
 
     def pytest_runtest_logreport(self, report):
@@ -81,4 +81,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     path = config.getoption("--suite-profile")
     if path:
-        config.pluginmanager.register(SuiteProfile(os.path.abspath(path)), "suite-profile")
+        # xdist's worker id from the config, not the environment, which a
+        # pytest run in a subprocess of a worker inherits
+        worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        config.pluginmanager.register(SuiteProfile(os.path.abspath(path), worker), "suite-profile")

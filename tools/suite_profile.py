@@ -22,14 +22,17 @@ TensorFlow 2.21):
   cycles that Python's collector did not reach (now collected by the ONNX
   exporter, which also runs tf2onnx's optimizers in place), and the process
   kept everything else it had made.
-- Two workers (``-n 2``, the README's command) take 27 minutes: the tests
-  run 1.8x as many at once, each ~19% slower than alone.
-- What a worker keeps grows with what it has run, to 8-9 GiB by the end:
+- Two workers (``-n 2``, the README's command) take 26 minutes: about 1.8
+  tests run at once, each ~12-19% slower than alone (some much more: the
+  command line's int8 test beside the JAX two-process run took 138 s
+  instead of 36).
+- What a worker keeps grows with what it has run, to 8-9 GiB by the end (9.4 GB in a clean-clone ``.ci/run``):
   each ``fit`` of a Keras model on TensorFlow leaves its traced graphs
   behind (``one_step_on_data`` and ~600 ``tf.cond`` branch graphs per
   model), ~350 MB for a tiny Next-ViT and ~700 MB compiled with XLA, even
   after the model is deleted, ``keras.backend.clear_session()`` and
-  ``gc.collect()`` (measured with a loop of three fits). The conftest frees
+  ``gc.collect()`` (measured with a loop of three fits; known upstream as
+  tensorflow/tensorflow#61791 and keras-team/keras#17458). The conftest frees
   what a file kept (its cached models and checkpoints, Keras' state, and
   glibc's free pages) after each file, which does not reach those graphs.
 """
@@ -38,6 +41,7 @@ import argparse
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -129,6 +133,8 @@ def main(argv=None):
     both.add_argument("before")
     both.add_argument("after")
     args = parser.parse_args(argv)
+    if hasattr(signal, "SIGPIPE"):  # quiet under `| head`
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.command == "run":
         if os.path.exists(args.profile):
             os.remove(args.profile)
