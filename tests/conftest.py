@@ -77,7 +77,7 @@ def tmp_session(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory):
+def digits(pytestconfig, tmp_path_factory):
     """A small Next-ViT trained for 4 epochs on scikit-learn's digits
     (32x32, normalised; ~98% held-out accuracy), for the int8 exports: the
     synthetic weights make every image's logits point almost the same way,
@@ -97,7 +97,7 @@ def digits(tmp_path_factory):
         model = train_digits(epochs=4)[0]
         model.save_weights(directory / "digits.weights.h5")
 
-    directory = shared_artifact(tmp_path_factory, "digits", make)
+    directory = shared_artifact(pytestconfig, tmp_path_factory, "digits", make)
     images, labels, train, held_out = digits_data()
     model = digits_model()
     model.load_weights(directory / "digits.weights.h5")
@@ -187,8 +187,11 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    # a stable sort keeps each group's tests together and in their order
-    items.sort(key=lambda item: -SECONDS.get(group_of(item.nodeid), 0))
+    # in an xdist worker (whose collection the scheduler reads) only; a run
+    # in one process keeps the files' order. A stable sort keeps each
+    # group's tests together and in their order.
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: -SECONDS.get(group_of(item.nodeid), 0))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -221,14 +224,16 @@ def release_memory():
             pass
 
 
-def shared_artifact(tmp_path_factory, name, make):
+def shared_artifact(config, tmp_path_factory, name, make):
     """A directory made once per test run, however many xdist workers ask:
     the first calls ``make(directory)`` under a lock, the others wait for it
-    and reuse the result (the run's temporary root is shared by workers)."""
+    and reuse the result (the run's temporary root is shared by workers).
+    A worker is told by its config, not by the environment, which a pytest
+    run in a worker's subprocess inherits."""
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if hasattr(config, "workerinput"):
         root = root.parent
     directory = root / f"shared-{name}"
     with FileLock(str(directory) + ".lock"):
