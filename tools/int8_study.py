@@ -103,6 +103,7 @@ def train_digits(epochs=4):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    model.optimizer.build(model.trainable_variables)  # one trace of the training step, not two
     model.fit(images[train], labels[train], batch_size=64, epochs=epochs, verbose=0)
     return model, images, labels, train, held_out
 

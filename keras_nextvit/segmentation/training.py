@@ -334,7 +334,7 @@ def compile_segmenter(model, optimizer, num_classes, auxiliary_loss_weight=0.0,
         )
     else:
         model.compile(optimizer=optimizer, loss=loss(), metrics=[miou()], jit_compile=jit_compile)
-    return model
+    return base.build_optimizer_variables(model)
 
 
 def infer_num_classes(pairs, reduce_zero_label=False, ignore_index=255):
