@@ -102,6 +102,8 @@ def representative_batches(data, input_shape, steps=100, batch_size=1):
         source = data
     else:
         items = list(data)
+        for item in items:  # in memory already: a wrong shape fails now, not mid-conversion
+            check(item)
         source = lambda: items  # noqa: E731
 
     def images():
