@@ -66,6 +66,22 @@ def assert_close(actual, expected, rel=1e-4, what="output"):
     assert err <= bound, f"{what}: max abs error {err:.3g} > {bound:.3g}"
 
 
+TINY = (1, 1, 5, 1)
+
+
+def synthetic_tiny(input_shape=(64, 64, 3), **kwargs):
+    """A tiny Next-ViT (depths 1, 1, 5, 1: every kind of block, an eighth of
+    the layers of S) with synthetic weights and BatchNorm statistics, for
+    tests of a route rather than of a published variant."""
+    import keras_nextvit
+    from keras_nextvit import synthetic, weights
+
+    model = keras_nextvit.NextViT(TINY, input_shape=input_shape, drop_path_rate=0.0, **kwargs)
+    spec = weights.torch_state_dict_spec(model)
+    keras_nextvit.load_torch_weights(model, synthetic.synthetic_state_dict(spec))
+    return model
+
+
 @pytest.fixture(scope="session")
 def synthetic_small():
     """Next-ViT-S at the golden 64x96 size with the reference's synthetic

@@ -13,12 +13,11 @@ import keras
 import numpy as np
 import onnx
 import pytest
-from conftest import golden, nhwc
+from conftest import golden, nhwc, synthetic_tiny
 
 import keras_nextvit
 from keras_nextvit.exporters import onnx as onnx_export
 from keras_nextvit.exporters import tensorrt
-from keras_nextvit import synthetic, weights
 from keras_nextvit.synthetic import synthetic_input
 
 pytestmark = pytest.mark.skipif(
@@ -33,17 +32,10 @@ def model(synthetic_small):
     return synthetic_small
 
 
-def _tiny(shape=SHAPE):
-    tiny = keras_nextvit.NextViT((1, 1, 5, 1), input_shape=shape, drop_path_rate=0.0)
-    spec = weights.torch_state_dict_spec(tiny)
-    keras_nextvit.load_torch_weights(tiny, synthetic.synthetic_state_dict(spec))
-    return tiny
-
-
 @pytest.fixture(scope="module")
 def tiny():
     """The tiny Next-ViT at 64x96, its BatchNorms' statistics away from the identity."""
-    return _tiny()
+    return synthetic_tiny(SHAPE)
 
 
 def float_bytes(model):
@@ -376,7 +368,7 @@ def test_int8_from_image_folder(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    square = _tiny((64, 64, 3))
+    square = synthetic_tiny((64, 64, 3))
     report = keras_nextvit.export(
         square, tmp_path / "folder.tflite", format="tflite", quantize="int8",
         representative_data=str(folder), verification_data=nhwc(synthetic_input(3, (2, 3, 64, 64))),

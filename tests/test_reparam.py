@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import CASES, assert_close, golden, nhwc, synthetic_checkpoint
+from conftest import CASES, assert_close, golden, nhwc, synthetic_checkpoint, synthetic_tiny
 
 import keras_nextvit
 from keras_nextvit import reparam
@@ -42,8 +42,7 @@ def test_merged_model_matches(case):
 @pytest.mark.parametrize("kwargs", [dict(include_top=False), dict(include_top=False, pooling="max")])
 @pytest.mark.slow
 def test_headless_merge_keeps_the_final_norm_as_affine(kwargs):
-    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), **kwargs)
-    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    model = synthetic_tiny((64, 64, 3), **kwargs)
     merged = keras_nextvit.merge_batchnorm(model)
     assert reparam.count_batchnorms(merged) == 0
     assert isinstance(merged.get_layer("norm"), keras_nextvit.layers.ChannelAffine)
@@ -54,14 +53,13 @@ def test_headless_merge_keeps_the_final_norm_as_affine(kwargs):
 @pytest.mark.slow
 def test_merge_is_not_a_no_op():
     """Merged weights really differ from the originals (the test can fail)."""
-    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
-    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    model = synthetic_tiny((64, 64, 3))
     merged = keras_nextvit.merge_batchnorm(model)
     fc1 = merged.get_layer("stages_0_blocks_0").mlp.fc1.kernel
     assert not np.allclose(np.asarray(fc1), np.asarray(model.get_layer("stages_0_blocks_0").mlp.fc1.kernel))
     # Skipping one fold breaks the function.
-    block = merged.get_layer("stages_3_blocks_2")
-    block.mlp.fc1.kernel.assign(model.get_layer("stages_3_blocks_2").mlp.fc1.kernel)
+    block = merged.get_layer("stages_3_blocks_0")
+    block.mlp.fc1.kernel.assign(model.get_layer("stages_3_blocks_0").mlp.fc1.kernel)
     x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
     with pytest.raises(AssertionError):
         assert_close(merged.predict(x, verbose=0), model.predict(x, verbose=0))
@@ -69,7 +67,7 @@ def test_merge_is_not_a_no_op():
 
 @pytest.mark.slow
 def test_merged_model_serializes(tmp_path):
-    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), classes=5)
+    model = keras_nextvit.NextViT((1, 1, 5, 1), input_shape=(64, 64, 3), classes=5)
     merged = keras_nextvit.merge_batchnorm(model)
     path = tmp_path / "merged.keras"
     merged.save(path)
@@ -82,8 +80,7 @@ def test_merged_model_serializes(tmp_path):
 @pytest.mark.slow
 def test_merge_keeps_pre_logits_output():
     """A model that also outputs pre-logits keeps the final norm (as an affine)."""
-    model = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3))
-    keras_nextvit.load_torch_weights(model, synthetic_checkpoint("small"))
+    model = synthetic_tiny((64, 64, 3))
     two = keras.Model(model.inputs, [model.output, model.get_layer("avg_pool").output])
     merged = keras_nextvit.merge_batchnorm(two)
     assert reparam.count_batchnorms(merged) == 0 and len(merged.outputs) == 2
