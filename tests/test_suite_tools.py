@@ -4,8 +4,10 @@ profile plugin with tools/suite_profile.py."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -57,10 +59,17 @@ def test_shared_artifact_is_made_once(tmp_path_factory):
     again = shared_artifact(config, tmp_path_factory, "unit", make)
     assert first == again and len(calls) == 1
     assert (first / "weights").read_text() == "trained"
-    # a worker's artifacts lie one level up, in the run's root shared by workers
+    # a worker's artifacts lie one level up, in the run's root shared by
+    # workers (outside xdist that is pytest's root for every run: a name of
+    # this run's own, removed after)
     config.workerinput = {"workerid": "gw0"}
-    shared = shared_artifact(config, tmp_path_factory, "unit", make)
-    assert shared.parent == tmp_path_factory.getbasetemp().parent and len(calls) == 2
+    name = f"unit-{uuid.uuid4().hex}"
+    shared = shared_artifact(config, tmp_path_factory, name, make)
+    try:
+        assert shared.parent == tmp_path_factory.getbasetemp().parent and len(calls) == 2
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        pathlib.Path(str(shared) + ".lock").unlink(missing_ok=True)
 
 
 SAMPLE = '''

@@ -22,19 +22,32 @@ TensorFlow 2.21):
   cycles that Python's collector did not reach (now collected by the ONNX
   exporter, which also runs tf2onnx's optimizers in place), and the process
   kept everything else it had made.
-- Two workers (``-n 2``, the README's command) take 26 minutes: about 1.8
-  tests run at once, each ~12-19% slower than alone (some much more: the
-  command line's int8 test beside the JAX two-process run took 138 s
-  instead of 36).
-- What a worker keeps grows with what it has run, to 8-9 GiB by the end (9.4 GB in a clean-clone ``.ci/run``):
-  each ``fit`` of a Keras model on TensorFlow leaves its traced graphs
-  behind (``one_step_on_data`` and ~600 ``tf.cond`` branch graphs per
-  model), ~350 MB for a tiny Next-ViT and ~700 MB compiled with XLA, even
-  after the model is deleted, ``keras.backend.clear_session()`` and
-  ``gc.collect()`` (measured with a loop of three fits; known upstream as
-  tensorflow/tensorflow#61791 and keras-team/keras#17458). The conftest frees
-  what a file kept (its cached models and checkpoints, Keras' state, and
-  glibc's free pages) after each file, which does not reach those graphs.
+- What a process kept had two more causes, both in TensorFlow, both handled
+  in ``tests/conftest.py``. (1) Its oneDNN build serves large tensors from a
+  pool allocator of its own that never returns memory: a file that had built
+  and exported segmenters left 3.0 GB resident after every Python object was
+  gone, 1.2 GB with ``TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1``. (2) Keras'
+  optimizer sums gradients through the replica context's ``all_reduce``, a
+  ``tf.custom_gradient``; traced inside a training step it registers its
+  gradient function in TensorFlow's global registry, and that closure holds
+  the step's whole graph: 200-300 MB per ``fit`` of a tiny Next-ViT, for the
+  life of the process (tensorflow/tensorflow#61791, keras-team/keras#17458
+  are the symptom). Dropped after each test, three fits in a row stay at the
+  same size.
+- With both, and two workers (``-n 2``), a clean-clone ``.ci/run`` took 23.2
+  minutes of tests and no process passed 7.6 GB (GNU time). About 1.8 tests
+  run at once, each 10-20% slower than alone; the CPUs are busy throughout,
+  so the time left is work: tracing Keras models into TensorFlow graphs
+  (33 s for Next-ViT-S's training step, 46,000 operations), converting them
+  (TFLite, ONNX, OpenVINO: 10-40 s each) and the notebooks (03: seven exports
+  of Next-ViT-S, 185 s; 04: fine-tuning Next-ViT-S, 154 s; 05: training a
+  segmenter, 128 s), the JAX runs (the two-process data-parallel test, three
+  JAX processes compiling, 141 s; the JAX and PyTorch parity runs, 150 s).
+- ``fit`` traced the training step twice whenever a variable was created
+  inside its first trace: an optimizer left unbuilt, or a metric named by a
+  string (``metrics=["accuracy"]``). The package's training builds the
+  optimizer when it compiles; the notebooks and the digits model build it
+  and compile metric objects.
 """
 
 import argparse
