@@ -34,7 +34,7 @@ TensorFlow 2.21):
   life of the process (tensorflow/tensorflow#61791, keras-team/keras#17458
   are the symptom). Dropped after each test, three fits in a row stay at the
   same size.
-- With both, and two workers (``-n 2``), a clean-clone ``.ci/run`` took 23.2
+- With both, and two workers (``-n 2``), a clean-clone ``.ci/run`` took 23.5
   minutes of tests and no process passed 7.6 GB (GNU time). About 1.8 tests
   run at once, each 10-20% slower than alone; the CPUs are busy throughout,
   so the time left is work: tracing Keras models into TensorFlow graphs
