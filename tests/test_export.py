@@ -13,11 +13,12 @@ import keras
 import numpy as np
 import onnx
 import pytest
-from conftest import golden, nhwc, synthetic_tiny
+from conftest import TINY, golden, nhwc, synthetic_tiny
 
 import keras_nextvit
 from keras_nextvit.exporters import onnx as onnx_export
 from keras_nextvit.exporters import tensorrt
+from keras_nextvit.exporters import tflite as tflite_export
 from keras_nextvit.synthetic import synthetic_input
 
 pytestmark = pytest.mark.skipif(
@@ -395,7 +396,12 @@ def test_unknown_format_and_mode(model, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_representative_data(model, tmp_path):
+def test_bad_representative_data(model, tmp_path, monkeypatch):
+    def convert(*args, **kwargs):
+        raise AssertionError("the conversion started before the representative data was checked")
+
+    # arrays in memory are checked before anything is converted
+    monkeypatch.setattr(tflite_export, "convert", convert)
     with pytest.raises(ValueError, match=r"shape \(1, 32, 32, 3\); expected \(batch, 64, 96, 3\)"):
         keras_nextvit.export(
             model, tmp_path / "m.tflite", format="tflite", quantize="int8",
@@ -404,7 +410,7 @@ def test_bad_representative_data(model, tmp_path):
     with pytest.raises(ValueError, match="holds no images"):
         empty = tmp_path / "empty"
         empty.mkdir()
-        square = keras_nextvit.NextViT((1, 1, 5, 1), input_shape=(64, 64, 3))
+        square = keras_nextvit.NextViT(TINY, input_shape=(64, 64, 3))
         keras_nextvit.export(square, tmp_path / "m.tflite", format="tflite", quantize="int8",
                              representative_data=str(empty))
 

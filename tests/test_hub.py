@@ -9,17 +9,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import assert_close, synthetic_checkpoint
+from conftest import TINY, assert_close, synthetic_checkpoint
 
 keras_hub = pytest.importorskip("keras_hub")
 
 import keras  # noqa: E402
 
 import keras_nextvit  # noqa: E402
-from keras_nextvit import hub  # noqa: E402
+from keras_nextvit import hub, training  # noqa: E402
 from keras_nextvit.hub.shapes import coloured_shapes  # noqa: E402
-
-TINY = (1, 1, 5, 1)  # the smallest depths the Next Hybrid Strategy allows
 
 
 def numpy(x):
@@ -179,7 +177,7 @@ def test_classifier_round_trip(tiny, tmp_path):
 def _fit(task, x, y, epochs):
     # the optimizer's variables made before fit: TensorFlow traces the
     # training step once instead of twice
-    task.optimizer.build(task.trainable_variables)
+    training.build_optimizer_variables(task)
     history = task.fit(x, y, batch_size=4, epochs=epochs, verbose=0).history["loss"]
     assert history[-1] < history[0], f"the loss did not fall: {history}"
     return history

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import CASES, assert_close, golden, nhwc, synthetic_checkpoint, synthetic_tiny
+from conftest import CASES, TINY, assert_close, golden, nhwc, synthetic_checkpoint, synthetic_tiny
 
 import keras_nextvit
 from keras_nextvit import reparam
@@ -67,7 +67,7 @@ def test_merge_is_not_a_no_op():
 
 @pytest.mark.slow
 def test_merged_model_serializes(tmp_path):
-    model = keras_nextvit.NextViT((1, 1, 5, 1), input_shape=(64, 64, 3), classes=5)
+    model = keras_nextvit.NextViT(TINY, input_shape=(64, 64, 3), classes=5)
     merged = keras_nextvit.merge_batchnorm(model)
     path = tmp_path / "merged.keras"
     merged.save(path)

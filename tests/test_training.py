@@ -18,12 +18,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY
 
 import keras_nextvit
 from keras_nextvit import data as data_lib
 from keras_nextvit import finetune, training
 
-TINY = (1, 1, 5, 1)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

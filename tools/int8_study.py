@@ -94,6 +94,8 @@ def train_digits(epochs=4):
     data: ``(model, images, labels, train, held_out)``."""
     import keras
 
+    from keras_nextvit import training
+
     images, labels, train, held_out = digits_data()
     model = digits_model()
     steps = epochs * -(-len(train) // 64)
@@ -103,7 +105,7 @@ def train_digits(epochs=4):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
-    model.optimizer.build(model.trainable_variables)  # with the metric object: one trace of the step, not two
+    training.build_optimizer_variables(model)  # with the metric object: one trace of the step, not two
     model.fit(images[train], labels[train], batch_size=64, epochs=epochs, verbose=0)
     return model, images, labels, train, held_out
 

@@ -101,9 +101,7 @@ def representative_batches(data, input_shape, steps=100, batch_size=1):
     elif callable(data):
         source = data
     else:
-        items = list(data)
-        for item in items:  # in memory already: a wrong shape fails now, not mid-conversion
-            check(item)
+        items = [check(item) for item in data]  # in memory: a wrong shape fails now, not mid-conversion
         source = lambda: items  # noqa: E731
 
     def images():
