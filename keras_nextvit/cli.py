@@ -123,13 +123,10 @@ def _convert(args):
 
 
 def _export(args):
-    from .exporters import export
+    from .exporters import check_request, export
 
-    if args.format == "openvino":  # before building the model: a missing extra fails at once
-        from .exporters import openvino
-
-        openvino.check_path(args.output)
-        openvino.require("nncf" if args.quantize == "int8" else "openvino")
+    # before building the model: a request that cannot be met fails at once
+    check_request(args.output, args.format, args.quantize, args.representative_data, args.uint8_input)
     from .model import NextViT
     from .presets import VARIANTS
     from .weights import is_preset

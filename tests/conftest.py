@@ -217,6 +217,17 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: -SECONDS.get(group_of(item.nodeid), 0))
 
 
+def pytest_collection_finish(session):
+    """Once the test files (and with them TensorFlow, Keras, JAX, PyTorch)
+    are imported: move every object alive now out of the garbage
+    collector's sight. Those modules' objects live as long as the process,
+    and every full collection (Keras runs one per variable it deletes,
+    ``clear_session`` runs one, and Python its own) would walk them all
+    again."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_module_state(request):
     """After each test file: drop what it kept (its lru_cache'd models and

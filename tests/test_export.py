@@ -449,3 +449,30 @@ def test_report_sees_an_artifact_that_ignores_its_input():
         keras_nextvit.exporters.ExportReport("onnx", "none", "m.onnx", 1, 1, 1.0, 1.0, [bad])
     )
     assert compare("logits", faithful[:1], expected[:1]).cosine_input_dependent is None
+
+
+
+def test_keras_reference_is_traced_once_per_model():
+    """Every export is verified against the Keras model's inference: one
+    trace per model, whatever the batch, shared by that model's exports; a
+    model whose weights were replaced since, or another model, is traced
+    again."""
+    from unittest import mock
+
+    from keras_nextvit.exporters import keras_reference
+
+    model = synthetic_tiny((32, 32, 3))
+    x = nhwc(synthetic_input(7, (3, 3, 32, 32)))
+    forward = keras_reference(model)
+    np.testing.assert_allclose(forward(x[:2]), model(x[:2], training=False), rtol=1e-5, atol=1e-6)
+    forward(x[:1])
+    assert keras_reference(model) is forward
+    assert len(forward._list_all_concrete_functions()) == 1  # batches of 2 and 1: one trace
+    assert keras_reference(synthetic_tiny((32, 32, 3))) is not forward
+    merged = keras_nextvit.merge_batchnorm(model)
+    before = keras_reference(merged)
+    with mock.patch("gc.collect"):  # see test_cli's int8 test
+        merged.quantize("int8")  # every Dense kernel replaced by an int8 one
+    after = keras_reference(merged)
+    assert after is not before
+    np.testing.assert_allclose(after(x), merged(x, training=False), rtol=1e-5, atol=1e-6)

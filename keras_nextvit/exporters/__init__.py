@@ -15,6 +15,7 @@ BatchNorms are merged first (:func:`keras_nextvit.merge_batchnorm`).
 
 import os
 import pathlib
+import weakref
 
 import keras
 import numpy as np
@@ -145,6 +146,33 @@ def _to_uint8(images):
     return np.clip(np.round(images * std + mean), 0, 255).astype(np.uint8)
 
 
+_REFERENCES = weakref.WeakKeyDictionary()
+
+
+def keras_reference(model):
+    """``model``'s inference (``training=False``) as a ``tf.function`` of any
+    batch size: what every export is verified against. Traced once per model
+    and kept while the model lives, so that a session exporting one model to
+    several formats traces it once (3-4 s for Next-ViT-S at 96x96 here). A
+    model whose weights were replaced since (``model.quantize``) is traced
+    again."""
+    import tensorflow as tf
+
+    weights = tuple(id(v) for v in model.weights)
+    cached = _REFERENCES.get(model)
+    if cached is not None and cached[0] == weights:
+        return cached[1]
+    owner = weakref.ref(model)  # the cache must not keep the model alive
+    spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def forward(x):
+        return owner()(x, training=False)
+
+    _REFERENCES[model] = (weights, forward)
+    return forward
+
+
 def _require_tensorflow_backend(fmt):
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
@@ -152,6 +180,34 @@ def _require_tensorflow_backend(fmt):
             f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow (a model's weights "
             "move between backends with .weights.h5)."
         )
+
+
+def check_request(path, format="tflite", quantize="none", representative_data=None, uint8_input=False):
+    """Raise on an export request that cannot be carried out, before any
+    model is built or traced: an unknown format or quantization, int8
+    without calibration data, a missing extra, TensorRT where it cannot run,
+    a backend other than TensorFlow. Returns the TensorRT route (``None`` for
+    the other formats)."""
+    if format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
+    if quantize not in QUANTIZE[format]:
+        raise ValueError(
+            f"quantize={quantize!r} is not available for {format}; choose one of {QUANTIZE[format]}."
+        )
+    if uint8_input and format != "saved_model":
+        raise ValueError("uint8_input is supported for format='saved_model' only.")
+    if quantize.startswith("int8") and representative_data is None:
+        raise ValueError(
+            f"quantize={quantize!r} for {format} needs representative_data to calibrate on: an image "
+            "folder or an iterable/generator of preprocessed NHWC batches."
+        )
+    _require_tensorflow_backend(format)
+    if format == "openvino":
+        openvino.check_path(path)
+        openvino.require("nncf" if quantize == "int8" else "openvino")
+    if format == "tensorrt":
+        return tensorrt.tensorrt_route()  # raises TensorRTUnavailable with the reason
+    return None
 
 
 def export(
@@ -199,26 +255,7 @@ def export(
         arithmetic (AVX512-BF16, AMX) its ``variants["bf16"]`` reports the
         same file run in bfloat16.
     """
-    if format not in FORMATS:
-        raise ValueError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
-    if quantize not in QUANTIZE[format]:
-        raise ValueError(
-            f"quantize={quantize!r} is not available for {format}; choose one of {QUANTIZE[format]}."
-        )
-    if uint8_input and format != "saved_model":
-        raise ValueError("uint8_input is supported for format='saved_model' only.")
-    if quantize.startswith("int8") and representative_data is None:
-        raise ValueError(
-            f"quantize={quantize!r} for {format} needs representative_data to calibrate on: an image "
-            "folder or an iterable/generator of preprocessed NHWC batches."
-        )
-    _require_tensorflow_backend(format)
-    if format == "openvino":
-        openvino.check_path(path)
-        openvino.require("nncf" if quantize == "int8" else "openvino")
-    if format == "tensorrt":
-        route = tensorrt.tensorrt_route()  # raises TensorRTUnavailable with the reason
-
+    route = check_request(path, format, quantize, representative_data, uint8_input)
     deploy = _fixed_size_model(model, input_size, merge_bn)
     shape = tuple(deploy.inputs[0].shape[1:])
     names = saved_model.output_names(deploy)
@@ -272,7 +309,7 @@ def export(
 
     import tensorflow as tf
 
-    forward = tf.function(lambda x: model(x, training=False))
+    forward = keras_reference(model)
 
     def keras_fn(x):
         out = forward(tf.constant(x))
@@ -294,4 +331,4 @@ def export(
     return report
 
 
-__all__ = ["ExportReport", "FORMATS", "export", "representative_batches"]
+__all__ = ["ExportReport", "FORMATS", "check_request", "export", "keras_reference", "representative_batches"]
