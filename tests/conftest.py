@@ -20,6 +20,12 @@ import pytest
 import suite_profile_plugin
 from suite_profile_plugin import pytest_addoption  # noqa: F401
 
+# For a JAX subprocess that compiles a training step and runs it a few times:
+# LLVM's optimisation of XLA's CPU code costs more than it saves there (the
+# tiny Next-ViT's two training steps of test_backends: 37 s -> 29 s; the
+# golden forward passes of the parity files are slower without it).
+JAX_QUICK_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
+
 DATA = pathlib.Path(__file__).parent / "data"
 
 # Golden cases of the reference implementation (see tests/data/README.md).

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import JAX_QUICK_COMPILE
 
 HERE = pathlib.Path(__file__).parent
 
@@ -136,6 +137,8 @@ def _run_on_backend(backend, script, last_line):
     printing ``last_line``."""
     _require(backend, backend)
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if backend == "jax":
+        env.update(JAX_QUICK_COMPILE)
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
     )

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY
+from conftest import JAX_QUICK_COMPILE, TINY
 
 import keras_nextvit
 from keras_nextvit import data as data_lib
@@ -514,7 +514,7 @@ def test_jax_data_parallel_across_two_processes(folder, tmp_path):
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, KERAS_BACKEND="jax")
+    env = dict(os.environ, KERAS_BACKEND="jax", **JAX_QUICK_COMPILE)
     workers = [
         _jax_run(
             [str(folder / "train"), str(tmp_path / "multi"), "data_parallel"],
