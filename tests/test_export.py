@@ -452,11 +452,12 @@ def test_report_sees_an_artifact_that_ignores_its_input():
 
 
 
+@pytest.mark.slow
 def test_keras_reference_is_traced_once_per_model():
     """Every export is verified against the Keras model's inference: one
-    trace per model, whatever the batch, shared by that model's exports; a
-    model whose weights were replaced since, or another model, is traced
-    again."""
+    trace per model and image size, whatever the batch, shared by that
+    model's exports; a model whose weights were replaced since, or another
+    model, is traced again."""
     from unittest import mock
 
     from keras_nextvit.exporters import keras_reference
@@ -469,6 +470,13 @@ def test_keras_reference_is_traced_once_per_model():
     assert keras_reference(model) is forward
     assert len(forward._list_all_concrete_functions()) == 1  # batches of 2 and 1: one trace
     assert keras_reference(synthetic_tiny((32, 32, 3))) is not forward
+    # a model of any size (a segmenter's input is (None, None, 3)) is traced
+    # per image shape: a graph of known sizes, as the exports are
+    fully_convolutional = keras_nextvit.NextViT(TINY, input_shape=(None, None, 3), include_top=False)
+    at_32 = keras_reference(fully_convolutional, (32, 32, 3))
+    assert at_32.input_signature[0].shape.as_list() == [None, 32, 32, 3]
+    assert keras_reference(fully_convolutional, (64, 32, 3)) is not at_32
+    assert keras_reference(fully_convolutional, (32, 32, 3)) is at_32
     merged = keras_nextvit.merge_batchnorm(model)
     before = keras_reference(merged)
     with mock.patch("gc.collect"):  # see test_cli's int8 test

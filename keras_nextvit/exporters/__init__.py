@@ -149,28 +149,30 @@ def _to_uint8(images):
 _REFERENCES = weakref.WeakKeyDictionary()
 
 
-def keras_reference(model):
-    """``model``'s inference (``training=False``) as a ``tf.function`` of any
-    batch size: what every export is verified against. Traced once per model
-    and kept while the model lives, so that a session exporting one model to
-    several formats traces it once (3-4 s for Next-ViT-S at 96x96 here). A
-    model whose weights were replaced since (``model.quantize``) is traced
-    again."""
+def keras_reference(model, image_shape=None):
+    """``model``'s inference (``training=False``) on images of
+    ``image_shape`` (height, width, channels; default: the model's), any
+    batch size, as a ``tf.function``: what every export is verified against.
+    Traced once per model and image shape and kept while the model lives, so
+    that a session exporting one model to several formats traces it once
+    (3-4 s for Next-ViT-S at 96x96 here). A model whose weights were replaced
+    since (``model.quantize``) is traced again."""
     import tensorflow as tf
 
-    weights = tuple(id(v) for v in model.weights)
-    cached = _REFERENCES.get(model)
-    if cached is not None and cached[0] == weights:
-        return cached[1]
-    owner = weakref.ref(model)  # the cache must not keep the model alive
-    spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+    image_shape = tuple(model.inputs[0].shape[1:] if image_shape is None else image_shape)
+    key = (image_shape, tuple(id(v) for v in model.weights))
+    traced = _REFERENCES.setdefault(model, {})
+    if key not in traced:
+        owner = weakref.ref(model)  # the cache must not keep the model alive
 
-    @tf.function(input_signature=[spec], autograph=False)
-    def forward(x):
-        return owner()(x, training=False)
+        @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)], autograph=False)
+        def forward(x):
+            return owner()(x, training=False)
 
-    _REFERENCES[model] = (weights, forward)
-    return forward
+        for stale in [k for k in traced if k[1] != key[1]]:  # traced for replaced weights
+            del traced[stale]
+        traced[key] = forward
+    return traced[key]
 
 
 def _require_tensorflow_backend(fmt):
@@ -309,7 +311,7 @@ def export(
 
     import tensorflow as tf
 
-    forward = keras_reference(model)
+    forward = keras_reference(model, inputs.shape[1:])
 
     def keras_fn(x):
         out = forward(tf.constant(x))
