@@ -451,7 +451,6 @@ def test_report_sees_an_artifact_that_ignores_its_input():
     assert compare("logits", faithful[:1], expected[:1]).cosine_input_dependent is None
 
 
-
 @pytest.mark.slow
 def test_keras_reference_is_traced_once_per_model():
     """Every export is verified against the Keras model's inference: one
