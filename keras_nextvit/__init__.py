@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # of a name, or as soon as Keras itself is imported (see _load, _after_import):
 # ``keras-nextvit --help`` and ``import keras_nextvit`` alone stay instant.
 _EXPORTS = {
+    "AdamW": "optimizers",
     "export": "exporters",
     "freeze_stages": "finetune",
     "replace_classifier": "finetune",

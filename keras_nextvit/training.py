@@ -6,9 +6,11 @@ The pieces, each usable on its own:
   and the upstream 384 fine-tuning recipe (``RECIPES["finetune_384"]``).
 * :class:`WarmupCosineDecay` -- linear warm-up, then cosine decay, per
   optimizer update.
-* :func:`build_optimizer` -- AdamW with the linearly scaled learning rate, no
-  weight decay on norms and biases, global-norm clipping, optional gradient
-  accumulation and EMA (all Keras' own optimizer features).
+* :func:`build_optimizer` -- AdamW (:class:`keras_nextvit.AdamW`, Keras'
+  AdamW with its per-step scalars made once per step) with the linearly
+  scaled learning rate, no weight decay on norms and biases, global-norm
+  clipping, optional gradient accumulation and EMA (all Keras' own optimizer
+  features).
 * :class:`TrainingCheckpoint` / :func:`restore_training_state` -- weights,
   optimizer state (schedule step included) and random-generator states after
   every epoch; resuming continues exactly where the run stopped.
@@ -33,6 +35,7 @@ from keras import ops
 
 from . import data as data_lib
 from . import finetune, presets
+from .optimizers import AdamW
 
 DISTRIBUTIONS = ("none", "mirrored", "multiworker", "tpu", "data_parallel")
 MIXED_PRECISION = {None: None, "none": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -180,7 +183,7 @@ def build_optimizer(recipe, model, batch_size, steps_per_epoch, gradient_accumul
         schedule=recipe.schedule,
         steps_per_update=accumulation,
     )
-    optimizer = keras.optimizers.AdamW(
+    optimizer = AdamW(
         learning_rate=schedule,
         weight_decay=recipe.weight_decay,
         beta_1=recipe.beta_1,

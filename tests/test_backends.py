@@ -89,6 +89,10 @@ assert np.abs(direct - plain).max() <= 1e-5 * np.abs(plain).max()
 check_inference(model)  # the moving statistics moved: the folded weights follow
 print("INFERENCE OK")
 
+# keras_nextvit.AdamW is Keras' own fused AdamW here (torch._foreach updates)
+assert type(keras_nextvit.AdamW(1e-3)) is type(keras.optimizers.AdamW(1e-3))
+assert type(keras_nextvit.AdamW(1e-3)) is not keras_nextvit.AdamW
+
 merged = keras_nextvit.merge_batchnorm(model)  # the deploy form takes the same route
 check_inference(merged)
 print("DEPLOY OK")
@@ -180,6 +184,8 @@ assert abs(loss_plain - loss_matrix) <= 1e-5 * abs(loss_plain), (loss_plain, los
 worst = max(np.abs(p - d).max() / (np.abs(p).max() + 1e-2) for p, d in zip(w_plain, w_matrix))
 assert worst <= 1e-4, worst
 assert max(np.abs(p - w).max() for p, w in zip(w_matrix, weights)) > 1e-3
+# keras_nextvit.AdamW is Keras' own AdamW on JAX (XLA merges the scalars)
+assert type(keras_nextvit.AdamW(1e-3)) is keras.optimizers.AdamW
 print("JAX OK")
 """
 

@@ -94,6 +94,7 @@ def train_digits(epochs=4):
     data: ``(model, images, labels, train, held_out)``."""
     import keras
 
+    import keras_nextvit
     from keras_nextvit import training
 
     images, labels, train, held_out = digits_data()
@@ -101,7 +102,7 @@ def train_digits(epochs=4):
     steps = epochs * -(-len(train) // 64)
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps - 10, warmup_target=1e-3, warmup_steps=10)
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05),
+        optimizer=keras_nextvit.AdamW(learning_rate=schedule, weight_decay=0.05),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )

@@ -63,8 +63,11 @@ TensorFlow 2.21):
   in all, so the tests leave it.
 - Of the 11,787 operations of the tiny Next-ViT's training step with AdamW,
   6,191 are the optimizer's (plain SGD: 5,596 in all): about 41 per
-  variable, 151 variables. Tracing them is much of a training test's time,
-  and running them much of a small-input step's.
+  variable, 151 variables. Keras makes the schedule, step count and bias
+  corrections again for every variable; ``keras_nextvit.AdamW`` makes them
+  once per step (same updates): the digits model's first batch (the trace)
+  19.8 s -> 9.2 s, its 4-epoch training 78 s -> 59 s, tutorial 04's training
+  cell 113 s -> 89 s.
 """
 
 import argparse

@@ -53,6 +53,7 @@ from keras import ops
 
 from .. import presets
 from .. import training as base
+from ..optimizers import AdamW
 from . import data as data_lib
 from .metrics import MeanIoU
 from .model import HEADS, NextViTSegmenter, variant_depths
@@ -278,7 +279,7 @@ def build_optimizer(recipe, model):
         warmup_iters=recipe.warmup_iterations,
         warmup_ratio=recipe.warmup_ratio,
     )
-    optimizer = keras.optimizers.AdamW(
+    optimizer = AdamW(
         learning_rate=schedule,
         weight_decay=recipe.weight_decay,
         beta_1=recipe.beta_1,
