@@ -68,6 +68,26 @@ TensorFlow 2.21):
   once per step (same updates): the digits model's first batch (the trace)
   19.8 s -> 9.2 s, its 4-epoch training 78 s -> 59 s, tutorial 04's training
   cell 113 s -> 89 s.
+- TensorFlow's graph optimizer (grappler) is 3-6 s of each training step's
+  first call and rounds two graphs of the same maths differently; it stays
+  on (it is what users run).
+- Keras on JAX runs eagerly op by op and XLA compiles each operation for
+  each shape: building Next-ViT-S took 14 s and its first call 17 s in a
+  fresh process, 3 s and 5 s with the executables of an earlier process in
+  a JAX compilation cache (the run now shares one). Running the
+  data-parallel test's single-process reference first so that its two
+  processes find its executables was slower (76 s -> 100 s alone): they
+  compile other programs (sharded) anyway.
+- Tried and left: one TensorFlow thread per worker (``TF_NUM_INTRAOP_THREADS=1``
+  and inter-op 1; 4.5% less time over four files, within the noise);
+  ``jit_compile=True`` for the digits training (the XLA compile costs more
+  than it saves: 63 s -> 109 s); TFLite's ``int8_float_attention`` without
+  the quantization debugger's instrumented model (14.7 s -> 13.2 s, private
+  API); converting from a concrete function instead of a SavedModel (its
+  variables stay uninitialised: NaN outputs). An export of Next-ViT-S to
+  TFLite at 64x96 is 1.5 s of merging, 9 s of writing the SavedModel the
+  converter reads (Keras' ExportArchive: tracing, resource tracking, saving)
+  and 10 s of converting.
 """
 
 import argparse
