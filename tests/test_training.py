@@ -433,6 +433,28 @@ assert step > 1e-2, step
 assert abs(loss1 - loss2) <= 1e-5 * abs(loss1), (loss1, loss2)
 assert error < 1e-3, error
 assert unsynced_error > 1e-2, unsynced_error  # the comparison can tell them apart
+
+# keras_nextvit.AdamW under the strategy (its per-step scalars are made per
+# replica device, its weight decay in the strategy's cross-replica update)
+# updates as Keras' AdamW does; a small dense model keeps the traces short.
+def adamw_steps(optimizer_class):
+    with mirrored.scope():
+        keras.utils.set_random_seed(0)
+        dense = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
+                                  keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+        optimizer = optimizer_class(
+            learning_rate=training.WarmupCosineDecay(1e-2, 10, 1, 1e-3, 1e-5), weight_decay=0.05)
+        optimizer.exclude_from_weight_decay(var_list=[v for v in dense.trainable_variables if v.ndim == 1])
+        training.compile_for_training(dense, optimizer, 3)
+    start = [np.array(v) for v in dense.trainable_variables]
+    dense.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False)
+    return start, [np.array(v) for v in dense.trainable_variables]
+start, ours = adamw_steps(keras_nextvit.AdamW)
+_, keras_own = adamw_steps(keras.optimizers.AdamW)
+assert all(not np.array_equal(a, b) for a, b in zip(start, ours))
+for a, b in zip(ours, keras_own):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+print("AdamW under the strategy: Keras' AdamW's updates")
 """
 
 
@@ -445,6 +467,8 @@ def test_mirrored_strategy_two_devices_equals_one():
     The step is plain SGD so that the weights compare the gradients: Adam
     divides each element by its own size, so elements whose true gradient is
     zero (biases in front of a BatchNorm) move by +-lr on rounding noise.
+    Then keras_nextvit.AdamW under the strategy against Keras' AdamW, on a
+    small dense model.
     """
     result = subprocess.run(
         [sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, timeout=600,
@@ -453,6 +477,7 @@ def test_mirrored_strategy_two_devices_equals_one():
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     print(result.stdout)
     assert "relative error" in result.stdout
+    assert "AdamW under the strategy" in result.stdout
 
 
 # ---------------------------------------------------------------- command line
