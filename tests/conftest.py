@@ -110,9 +110,7 @@ def _jax_compilation_cache(pytestconfig, tmp_path_factory):
     (the backend parity tests, keras-hub presets, data-parallel training)
     inherit the directory; a compiled executable is the same however it is
     found. A user's own ``JAX_COMPILATION_CACHE_DIR`` is kept."""
-    root = tmp_path_factory.getbasetemp()
-    if hasattr(pytestconfig, "workerinput"):
-        root = root.parent  # the run's root, shared by the workers
+    root = run_root(pytestconfig, tmp_path_factory)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "jax-compilation-cache"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -317,18 +315,23 @@ def release_memory():
 def shared_artifact(config, tmp_path_factory, name, make):
     """A directory made once per test run, however many xdist workers ask:
     the first calls ``make(directory)`` under a lock, the others wait for it
-    and reuse the result (the run's temporary root is shared by workers).
-    A worker is told by its config, not by the environment, which a pytest
-    run in a worker's subprocess inherits."""
+    and reuse the result (the run's temporary root, :func:`run_root`, is
+    shared by workers)."""
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp()
-    if hasattr(config, "workerinput"):
-        root = root.parent
-    directory = root / f"shared-{name}"
+    directory = run_root(config, tmp_path_factory) / f"shared-{name}"
     with FileLock(str(directory) + ".lock"):
         if not (directory / ".done").exists():
             directory.mkdir(exist_ok=True)
             make(directory)
             (directory / ".done").write_text("")
     return directory
+
+
+def run_root(config, tmp_path_factory):
+    """The test run's temporary root, the same for every xdist worker: a
+    worker's base directory lies one level below it. A worker is told by its
+    config, not by the environment, which a pytest run in a worker's
+    subprocess inherits."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if hasattr(config, "workerinput") else root

@@ -1,21 +1,14 @@
 """Mask R-CNN's RPN anchors and box decoding against the reference
 (tests/data/detection/README.md) and its golden files."""
 
-import pathlib
-
 import keras
 import numpy as np
 import pytest
+from conftest import golden
 
 from keras_nextvit.detection import anchors, box_coder
 
-DATA = pathlib.Path(__file__).parent / "data" / "detection"
-CASES = ["det_maskrcnn_small_128x192", "det_maskrcnn_small_128x128_rescale"]
-
-
-def golden(case):
-    with np.load(DATA / f"{case}.npz") as data:
-        return {key: data[key] for key in data.files}
+CASES = ["detection/det_maskrcnn_small_128x192", "detection/det_maskrcnn_small_128x128_rescale"]
 
 
 def level_shapes(case_data):
