@@ -39,6 +39,7 @@ _EXPORTS = {
     "PRESETS": "presets",
     "VARIANTS": "presets",
     "merge_batchnorm": "reparam",
+    "NextViTMaskRCNN": "detection",
     "NextViTSegmenter": "segmentation",
     "segment": "segmentation",
     "CheckpointError": "weights",

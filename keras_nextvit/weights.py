@@ -71,6 +71,10 @@ def _walk(layer, prefix, linear):
         for torch_attr, keras_attr in _BN_TENSORS:
             yield f"{prefix}.{torch_attr}", "vector", getattr(layer, keras_attr)
         yield f"{prefix}.num_batches_tracked", "counter", None
+    elif isinstance(layer, keras.layers.Conv2DTranspose):
+        yield f"{prefix}.weight", "deconv", layer.kernel
+        if layer.use_bias:
+            yield f"{prefix}.bias", "vector", layer.bias
     elif isinstance(layer, keras.layers.Conv2D):
         yield f"{prefix}.weight", "conv", layer.kernel
         if layer.use_bias:
@@ -80,7 +84,7 @@ def _walk(layer, prefix, linear):
         if layer.use_bias:
             yield f"{prefix}.bias", "vector", layer.bias
     elif isinstance(layer, _Composite):
-        child_linear = isinstance(layer, EfficientMHSA)
+        child_linear = isinstance(layer, EfficientMHSA) or getattr(layer, "TORCH_LINEAR", False)
         for attr, child in layer.torch_children():
             yield from _walk(child, f"{prefix}.{attr}", child_linear)
 
@@ -88,7 +92,12 @@ def _walk(layer, prefix, linear):
 def torch_tensors(model):
     """Every tensor of the reference state dict for ``model``, in order:
     ``(torch_name, kind, keras_variable_or_None)``. Classifiers use timm's
-    names; segmenters mmseg's, with the backbone in timm's naming."""
+    names; segmenters mmseg's and detectors mmdet's, with the backbone in
+    timm's naming."""
+    if is_detector(model):
+        for prefix, layer in model.torch_parts():
+            yield from _walk(layer, prefix, linear=False)
+        return
     layers = model.layers
     prefix_of = torch_prefix
     if is_segmenter(model):
@@ -108,6 +117,9 @@ def _torch_shape(kind, variable):
         return (shape[1], shape[0])
     if kind == "conv1x1":
         return (shape[1], shape[0], 1, 1)
+    if kind == "deconv":
+        kh, kw, cout, cin = shape
+        return (cin, cout, kh, kw)
     return shape
 
 
@@ -120,8 +132,9 @@ def torch_state_dict_spec(model):
     """``[(name, shape), ...]`` of the reference PyTorch state dict that
     matches ``model``, in state-dict order: timm's naming for classifiers,
     mmseg's for segmenters (without the tensors a segmenter never uses)."""
-    rename = (lambda n: internal_to_mmseg(n, depths)) if is_segmenter(model) else (lambda n: n)
-    depths = model_depths(model)
+    mm = is_segmenter(model) or is_detector(model)
+    rename = (lambda n: internal_to_mmseg(n, depths)) if mm else (lambda n: n)
+    depths = detector_depths(model) if is_detector(model) else model_depths(model)
     return [
         (rename(name), () if kind == "counter" else _torch_shape(kind, var))
         for name, kind, var in torch_tensors(model)
@@ -143,7 +156,7 @@ def _to_keras(name, kind, array, variable):
             f"Tensor {name!r}: checkpoint shape {shape} does not fit the model, which "
             f"expects {expected} (PyTorch layout) for variable {variable.path!r}."
         )
-    if kind == "conv":
+    if kind in ("conv", "deconv"):
         array = array.transpose(2, 3, 1, 0)
     elif kind in ("conv1x1", "linear"):
         array = array.reshape(array.shape[0], array.shape[1]).T
@@ -341,6 +354,8 @@ def load_torch_weights(model, source):
         ``model``.
     """
     raw = read_checkpoint(source)
+    if is_detector(model):
+        return _load_detector(model, raw)
     if is_segmenter(model):
         return _load_segmenter(model, raw)
     depths = model_depths(model)
@@ -439,6 +454,36 @@ def _load_segmenter(model, raw):
         return None
 
     _assign_all(expected, state, hint)
+    return model
+
+
+# Tensors of a published detection checkpoint that the detector never uses:
+# the classifier's final norm and the ImageNet classifier (``proj_head.0``,
+# named ``head.fc`` once the backbone is in timm's naming).
+UNUSED_DETECTION_TENSORS = ("backbone.norm.", "backbone.head.fc.")
+
+
+def is_detector(model):
+    return hasattr(model, "torch_parts") and hasattr(model, "rpn_head")
+
+
+def detector_depths(model):
+    return tuple(model.depths)
+
+
+def _load_detector(model, raw):
+    depths = detector_depths(model)
+    state = _without_counters(mmseg_to_internal(raw, depths))
+    expected = _loadable_tensors(model)
+    expected_names = {n for n, _, _ in expected}
+    _check_names(
+        expected_names,
+        state,
+        ignore=lambda key: key.startswith(UNUSED_DETECTION_TENSORS),
+        what_model=f"detector {model.name!r} ({_variant_of(depths)}, {model.num_classes} classes)",
+        what_checkpoint=_describe(raw),
+    )
+    _assign_all(expected, state)
     return model
 
 

@@ -1,13 +1,31 @@
-"""Next-ViT + Mask R-CNN (mmdetection 2.23's, as the published COCO checkpoints
-compute it): the first pieces.
+"""Next-ViT + Mask R-CNN (mmdetection 2.23's, as the published COCO
+checkpoints compute it), one module per part:
 
-* :mod:`.anchors` -- mmdet's ``AnchorGenerator`` (RPN anchors of P2..P6).
-* :mod:`.box_coder` -- ``DeltaXYWHBBoxCoder`` decoding.
+* :mod:`.anchors` -- mmdet's ``AnchorGenerator`` (RPN anchors of P2..P6);
+* :mod:`.box_coder` -- ``DeltaXYWHBBoxCoder`` decoding;
+* :mod:`.nms` -- mmcv's ``nms`` / ``batched_nms``;
+* :mod:`.rpn_head` -- ``RPNHead`` and its proposals;
+* :mod:`.roi_align` -- ``RoIAlign`` and the RoI level mapping;
+* :mod:`.bbox_head` -- ``Shared2FCBBoxHead`` and ``multiclass_nms``;
+* :mod:`.mask_head` -- ``FCNMaskHead`` and mask pasting;
+* :mod:`.model` -- :func:`NextViTMaskRCNN` (backbone, FPN neck, heads);
+* :mod:`.inference` -- the test-time pipeline, stage by stage.
 
 The reference these follow is ``tests/data/detection/README.md``.
 """
 
 from .anchors import base_anchors, grid_anchors, level_anchors
+from .bbox_head import Shared2FCBBoxHead, multiclass_nms
 from .box_coder import decode
+from .inference import reference_outputs
+from .mask_head import FCNMaskHead, paste_masks
+from .model import MaskRCNN, NextViTMaskRCNN
+from .nms import batched_nms, nms
+from .roi_align import map_roi_levels, multilevel_roi_align, roi_align
+from .rpn_head import RPNHead, rpn_proposals
 
-__all__ = ["base_anchors", "decode", "grid_anchors", "level_anchors"]
+__all__ = [
+    "FCNMaskHead", "MaskRCNN", "NextViTMaskRCNN", "RPNHead", "Shared2FCBBoxHead", "base_anchors",
+    "batched_nms", "decode", "grid_anchors", "level_anchors", "map_roi_levels", "multiclass_nms",
+    "multilevel_roi_align", "nms", "paste_masks", "reference_outputs", "roi_align", "rpn_proposals",
+]

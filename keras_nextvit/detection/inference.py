@@ -1,0 +1,210 @@
+"""Mask R-CNN's test-time pipeline (mmdet 2.23's ``simple_test``) on a
+:class:`~keras_nextvit.detection.model.MaskRCNN`.
+
+For a padded, normalised NHWC batch and each image's meta data
+(``img_shape``: the resized image inside the padding, ``scale_factor``:
+``(w_scale, h_scale, w_scale, h_scale)``, ``ori_shape``: the original image)::
+
+    dense     = detector(images)                      # backbone, FPN, RPN head
+    proposals = rpn_proposals(...)  per image         # rpn_head.py
+    rois      = [image index, x1, y1, x2, y2]          # image by image
+    cls, reg  = bbox_head(RoIAlign 7x7 of rois)        # roi_align.py, bbox_head.py
+    dets      = multiclass_nms(decode, rescale)  per image
+    mask RoIs = dets * scale_factor                    # mmdet rescales back, exactly so
+    probs     = sigmoid(mask_head(RoIAlign 14x14)[label])
+    masks     = paste_masks(probs, mask RoIs / scale_factor, ori_shape)
+
+Runs eagerly: proposal and detection counts vary from image to image.
+"""
+
+import contextlib
+
+import keras
+import numpy as np
+from keras import ops
+
+from .anchors import level_anchors
+from .bbox_head import decode_detections, multiclass_nms
+from .mask_head import paste_masks
+from .roi_align import map_roi_levels, multilevel_roi_align
+from .rpn_head import rpn_proposals
+
+BOX_ROI_SIZE = 7
+MASK_ROI_SIZE = 14
+
+
+def _nchw(x):
+    return np.ascontiguousarray(np.transpose(ops.convert_to_numpy(x), (0, 3, 1, 2)))
+
+
+def _rois(boxes_per_image):
+    """mmdet's ``bbox2roi``: ``[image index, x1, y1, x2, y2]``, image by image."""
+    parts = []
+    for i, boxes in enumerate(boxes_per_image):
+        boxes = ops.convert_to_tensor(boxes, "float32")[:, :4]
+        index = ops.full((ops.shape(boxes)[0], 1), float(i), "float32")
+        parts.append(ops.concatenate([index, boxes], axis=1))
+    return ops.concatenate(parts, axis=0)
+
+
+def _split(x, counts):
+    out, start = [], 0
+    for count in counts:
+        out.append(x[start:start + count])
+        start += count
+    return out
+
+
+def _image_shape(shape):
+    return tuple(int(v) for v in shape[:2])
+
+
+# --------------------------------------------------------------------------
+# The stages (each callable on its own: the parity tests replay them on the
+# reference's stored inputs)
+# --------------------------------------------------------------------------
+
+
+def proposals_from_rpn(rpn_cls, rpn_reg, img_shapes, rpn_cfg=None):
+    """Per image ``(P_i, 5)`` proposals from the RPN maps (lists over levels
+    of NHWC batches)."""
+    anchors = level_anchors([tuple(int(d) for d in c.shape[1:3]) for c in rpn_cls])
+    return [
+        rpn_proposals([c[n] for c in rpn_cls], [r[n] for r in rpn_reg], anchors,
+                      _image_shape(img_shapes[n]), rpn_cfg)
+        for n in range(len(img_shapes))
+    ]
+
+
+def box_head_outputs(detector, pyramid, proposals):
+    """``(rois, cls_score, bbox_pred)`` for per-image proposals: RoIAlign 7x7
+    on P2..P5 and the box head."""
+    rois = _rois(proposals)
+    feats = multilevel_roi_align(pyramid[:4], rois, BOX_ROI_SIZE)
+    cls_score, bbox_pred = detector.bbox_head(feats)
+    return rois, cls_score, bbox_pred
+
+
+def detections(rois, cls_score, bbox_pred, counts, img_shapes, scale_factors, rcnn_cfg):
+    """Per image ``(dets (D_i, 5), labels (D_i,))`` in original-image
+    coordinates: decoding, rescale and ``multiclass_nms``."""
+    out = []
+    for n, (r, c, b) in enumerate(zip(_split(rois, counts), _split(cls_score, counts),
+                                      _split(bbox_pred, counts))):
+        boxes, scores = decode_detections(r, c, b, _image_shape(img_shapes[n]), scale_factors[n])
+        out.append(multiclass_nms(boxes, scores, rcnn_cfg["score_thr"], rcnn_cfg["iou_threshold"],
+                                  rcnn_cfg["max_per_img"]))
+    return out
+
+
+def mask_probabilities(detector, pyramid, dets, labels, scale_factors):
+    """``(D, 28, 28)`` mask probabilities of the detections (all images, in
+    order) and the mask RoI boxes per image (``dets * scale_factor``)."""
+    scale_factors = np.asarray(scale_factors, np.float32)
+    mask_boxes = [ops.convert_to_tensor(d, "float32")[:, :4] * scale_factors[n] for n, d in enumerate(dets)]
+    if not sum(int(d.shape[0]) for d in dets):
+        return ops.zeros((0, 2 * MASK_ROI_SIZE, 2 * MASK_ROI_SIZE), "float32"), mask_boxes
+    feats = multilevel_roi_align(pyramid[:4], _rois(mask_boxes), MASK_ROI_SIZE)
+    logits = detector.mask_head(feats)  # (D, 28, 28, num_classes)
+    label_all = ops.cast(ops.concatenate([ops.convert_to_tensor(x) for x in labels], axis=0), "int32")
+    chosen = ops.take_along_axis(logits, ops.reshape(label_all, (-1, 1, 1, 1)), axis=3)[..., 0]
+    return ops.sigmoid(chosen), mask_boxes
+
+
+def pasted_masks(probs, mask_boxes, scale_factors, ori_shapes, threshold):
+    """Per image ``(D_i, H, W)`` boolean masks at the original size."""
+    counts = [int(b.shape[0]) for b in mask_boxes]
+    scale_factors = np.asarray(scale_factors, np.float32)
+    return [
+        paste_masks(p, boxes / scale_factors[n], _image_shape(ori_shapes[n]), threshold)
+        for n, (p, boxes) in enumerate(zip(_split(probs, counts), mask_boxes))
+    ]
+
+
+def _no_grad():
+    """PyTorch records no graph for inference; other backends need nothing."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr=None, probe_rois=None):
+    """The whole test-time pipeline; a dict of NumPy arrays (golden layouts)."""
+    with _no_grad():
+        return _run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, probe_rois)
+
+
+def _run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, probe_rois):
+    images = ops.convert_to_tensor(images, "float32")
+    img_shapes = np.asarray(img_shapes)
+    scale_factors = np.asarray(scale_factors, np.float32)
+    ori_shapes = np.asarray(ori_shapes)
+    rcnn = dict(detector.test_cfg["rcnn"])
+    if score_thr is not None:
+        rcnn["score_thr"] = float(score_thr)
+
+    dense = detector(images)
+    pyramid = dense["fpn"]
+    out = {}
+    for i, x in enumerate(dense["features"], 1):
+        out[f"feature{i}"] = _nchw(x)
+    for i, (p, c, r) in enumerate(zip(pyramid, dense["rpn_cls"], dense["rpn_reg"]), 1):
+        out[f"fpn{i}"], out[f"rpn_cls{i}"], out[f"rpn_reg{i}"] = _nchw(p), _nchw(c), _nchw(r)
+    for i, a in enumerate(level_anchors([tuple(int(d) for d in p.shape[1:3]) for p in pyramid]), 1):
+        out[f"anchors{i}"] = a
+
+    proposals = proposals_from_rpn(dense["rpn_cls"], dense["rpn_reg"], img_shapes, detector.test_cfg["rpn"])
+    counts = [int(p.shape[0]) for p in proposals]
+    rois, cls_score, bbox_pred = box_head_outputs(detector, pyramid, proposals)
+    out["proposals"] = ops.convert_to_numpy(ops.concatenate(proposals, axis=0))
+    out["proposal_counts"] = np.asarray(counts, np.int64)
+    out["roi_levels"] = ops.convert_to_numpy(map_roi_levels(rois)).astype(np.int8)
+    out["roi_cls_score"] = ops.convert_to_numpy(cls_score)
+    out["roi_bbox_pred"] = ops.convert_to_numpy(bbox_pred)
+
+    results = detections(rois, cls_score, bbox_pred, counts, img_shapes, scale_factors, rcnn)
+    dets = [d for d, _ in results]
+    labels = [lab for _, lab in results]
+    out["det_bboxes"] = ops.convert_to_numpy(ops.concatenate(dets, axis=0))
+    out["det_labels"] = ops.convert_to_numpy(ops.concatenate(labels, axis=0)).astype(np.int64)
+    out["det_counts"] = np.asarray([int(d.shape[0]) for d in dets], np.int64)
+
+    probs, mask_boxes = mask_probabilities(detector, pyramid, dets, labels, scale_factors)
+    out["mask_probs"] = ops.convert_to_numpy(probs)
+    masks = pasted_masks(probs, mask_boxes, scale_factors, ori_shapes, rcnn["mask_thr_binary"])
+    for n, m in enumerate(masks):
+        out[f"masks_img{n}"] = ops.convert_to_numpy(m)
+
+    if probe_rois is not None:
+        probe_rois = ops.convert_to_tensor(probe_rois, "float32")
+        bbox_feats = multilevel_roi_align(pyramid[:4], probe_rois, BOX_ROI_SIZE)
+        mask_feats = multilevel_roi_align(pyramid[:4], probe_rois, MASK_ROI_SIZE)
+        probe_cls, probe_reg = detector.bbox_head(bbox_feats)
+        out["probe_levels"] = ops.convert_to_numpy(map_roi_levels(probe_rois)).astype(np.int8)
+        out["probe_bbox_feats"] = _nchw(bbox_feats)
+        out["probe_mask_feats"] = _nchw(mask_feats)
+        out["probe_cls_score"] = ops.convert_to_numpy(probe_cls)
+        out["probe_bbox_pred"] = ops.convert_to_numpy(probe_reg)
+        out["probe_mask_logits"] = _nchw(detector.mask_head(mask_feats))
+    return out
+
+
+def reference_outputs(detector, images, img_shapes, scale_factors, ori_shapes, score_thr=None,
+                      probe_rois=None):
+    """The detector's outputs under the golden files' keys and layouts.
+
+    ``images``: the padded, normalised NHWC batch; ``img_shapes``,
+    ``ori_shapes``: ``(N, 3)`` ``(h, w, 3)``; ``scale_factors``: ``(N, 4)``.
+    ``score_thr``: the detections for that threshold instead of the test_cfg's.
+    ``probe_rois``: ``(R, 5)`` RoIs to pool and run the heads on directly
+    (adds ``probe_*`` with all channels and all classes).
+    """
+    return run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, probe_rois)
+
+
+__all__ = [
+    "box_head_outputs", "detections", "mask_probabilities", "pasted_masks", "proposals_from_rpn",
+    "reference_outputs", "run",
+]

@@ -1,0 +1,157 @@
+"""mmcv 1.x's ``RoIAlign`` (``aligned=True``, ``sampling_ratio=0``, average)
+and mmdet's ``SingleRoIExtractor`` level mapping, in ``keras.ops``.
+
+Per RoI ``(batch_index, x1, y1, x2, y2)`` (input-image coordinates) on a map
+of stride ``s`` (``scale = 1 / s``), float32 as the CPU kernel computes it::
+
+    start = x1 * scale - 0.5          end = x2 * scale - 0.5     (likewise y)
+    roi_w = end - start               bin = roi_w / out
+    grid  = ceil(roi_w / out)         # samples per bin and axis: depends on the RoI's size
+    x     = start + p * bin + (i + 0.5) * bin / grid          # bin p, sample i
+
+A sample outside ``[-1, W] x [-1, H]`` adds 0; otherwise a coordinate
+``<= 0`` becomes 0, ``low = int(x)``, and at the last row/column
+(``low >= W - 1``) both neighbours are the last one; bilinear weights
+``(1 - l, l)``. A bin is the sum of its ``grid_h * grid_w`` samples divided by
+``max(grid_h * grid_w, 1)`` (an empty RoI gives 0).
+
+How it is computed: bilinear interpolation is separable, so a bin's average
+is ``sum_{r, c} A_y[p, r] * F[r, c] * A_x[q, c]`` where ``A_y[p, r]`` sums the
+y-weights that bin row ``p``'s samples put on feature row ``r`` (likewise
+``A_x``). Each RoI reads only a window of the map (its rows and columns,
+plus one), so the RoI feature is two small products on a gathered crop:
+``(out x S_h) . (S_h x S_w x C) . (S_w x out)``. The sums run in another order
+than the kernel's sample loop, so results agree to float32 rounding (about
+1e-7 relative), not bit for bit.
+
+**Level mapping** (``finest_scale=56``, P2..P5 only): ``scale =
+sqrt(w * h)``, ``level = floor(log2(scale / 56 + 1e-6))`` clamped to [0, 3].
+"""
+
+import numpy as np
+from keras import ops
+
+FINEST_SCALE = 56
+ROI_STRIDES = (4, 8, 16, 32)
+# Crops are gathered in chunks of at most this many float32 values.
+_CHUNK_VALUES = 1 << 24
+
+
+def map_roi_levels(rois, num_levels=len(ROI_STRIDES), finest_scale=FINEST_SCALE):
+    """The pyramid level (0 = P2) of every RoI ``(R, 5)``, int32 ``(R,)``."""
+    rois = ops.convert_to_tensor(rois, "float32")
+    scale = ops.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+    level = ops.floor(ops.log2(scale / float(finest_scale) + 1e-6))
+    return ops.cast(ops.clip(level, 0, num_levels - 1), "int32")
+
+
+def _axis(rois, lo, hi, scale, out):
+    """Per RoI along one axis: start, bin size and samples per bin."""
+    start = rois[:, lo] * scale - 0.5
+    end = rois[:, hi] * scale - 0.5
+    size = end - start
+    bin_size = size / float(out)
+    grid = ops.cast(ops.ceil(bin_size), "int32")
+    return start, end, bin_size, grid
+
+
+def _axis_weights(start, bin_size, grid, length, out, origin, window, max_grid):
+    """``(R, out, window)``: the bilinear weight that each output bin's
+    samples (summed, not yet averaged) put on rows ``origin + k``."""
+    positions = ops.arange(window, dtype="int32")
+    bins = ops.cast(ops.arange(out), "float32")
+    divisor = ops.cast(ops.maximum(grid, 1), "float32")
+    weights = ops.zeros((ops.shape(start)[0], out, window), "float32")
+    base = start[:, None] + bins[None, :] * bin_size[:, None]  # (R, out)
+    for i in range(max_grid):
+        step = ((i + 0.5) * bin_size) / divisor
+        coord = base + step[:, None]
+        valid = (coord >= -1.0) & (coord <= float(length)) & (i < grid)[:, None]
+        coord = ops.maximum(coord, 0.0)
+        low = ops.cast(ops.floor(coord), "int32")
+        at_end = low >= length - 1
+        low = ops.where(at_end, length - 1, low)
+        high = ops.where(at_end, length - 1, low + 1)
+        coord = ops.where(at_end, ops.cast(low, "float32"), coord)
+        frac = coord - ops.cast(low, "float32")
+        w_low = ops.where(valid, 1.0 - frac, 0.0)
+        w_high = ops.where(valid, frac, 0.0)
+        rel_low = (low - origin[:, None])[..., None]
+        rel_high = (high - origin[:, None])[..., None]
+        weights = weights + (
+            w_low[..., None] * ops.cast(positions == rel_low, "float32")
+            + w_high[..., None] * ops.cast(positions == rel_high, "float32")
+        )
+    return weights
+
+
+def _window(start, end, length):
+    """First row of each RoI's window and the window size (a Python int)
+    covering every row any RoI's samples can touch."""
+    origin = ops.cast(ops.clip(ops.floor(start), 0, length - 1), "int32")
+    last = ops.cast(ops.clip(ops.floor(end) + 2, 0, length - 1), "int32")
+    size = int(ops.convert_to_numpy(ops.max(last - origin))) + 1 if ops.shape(start)[0] else 1
+    return origin, max(size, 1)
+
+
+def roi_align(features, rois, output_size, spatial_scale):
+    """RoIAlign of ``rois`` ``(R, 5)`` on one NHWC map: ``(R, out, out, C)``.
+
+    Runs eagerly (the sample counts and windows are read from the RoIs).
+    A RoI with a negative width or height is an error, as in mmcv's kernel.
+    """
+    features = ops.convert_to_tensor(features, "float32")
+    rois = ops.convert_to_tensor(rois, "float32")
+    _, height, width, channels = (int(d) for d in ops.shape(features))
+    out = int(output_size)
+    count = int(ops.shape(rois)[0])
+    if count == 0:
+        return ops.zeros((0, out, out, channels), "float32")
+    start_x, end_x, bin_w, grid_w = _axis(rois, 1, 3, spatial_scale, out)
+    start_y, end_y, bin_h, grid_h = _axis(rois, 2, 4, spatial_scale, out)
+    if bool(ops.convert_to_numpy(ops.any((bin_w < 0) | (bin_h < 0)))):
+        raise ValueError("RoIAlign: every RoI needs x2 >= x1 and y2 >= y1 (mmcv's kernel rejects others).")
+    max_grid = int(ops.convert_to_numpy(ops.max(ops.maximum(grid_w, grid_h))))
+    origin_x, window_w = _window(start_x, end_x, width)
+    origin_y, window_h = _window(start_y, end_y, height)
+    weights_x = _axis_weights(start_x, bin_w, grid_w, width, out, origin_x, window_w, max_grid)
+    weights_y = _axis_weights(start_y, bin_h, grid_h, height, out, origin_y, window_h, max_grid)
+    samples = ops.cast(ops.maximum(grid_w * grid_h, 1), "float32")
+
+    flat = ops.reshape(features, (-1, channels))
+    batch = ops.cast(rois[:, 0], "int32")
+    rows = ops.minimum(origin_y[:, None] + ops.arange(window_h, dtype="int32")[None], height - 1)
+    cols = ops.minimum(origin_x[:, None] + ops.arange(window_w, dtype="int32")[None], width - 1)
+    index = (batch[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
+    chunk = max(1, _CHUNK_VALUES // (window_h * window_w * channels))
+    pieces = []
+    for first in range(0, count, chunk):
+        part = slice(first, min(first + chunk, count))
+        crop = ops.take(flat, index[part], axis=0)  # (r, S_h, S_w, C)
+        rows_done = ops.einsum("rps,rstc->rptc", weights_y[part], crop)
+        pieces.append(ops.einsum("rptc,rqt->rpqc", rows_done, weights_x[part]))
+    pooled = pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=0)
+    return pooled / samples[:, None, None, None]
+
+
+def multilevel_roi_align(features, rois, output_size, strides=ROI_STRIDES, levels=None):
+    """mmdet's ``SingleRoIExtractor``: each RoI pooled from its level of
+    ``features`` (NHWC P2..P5), ``(R, out, out, C)`` in RoI order."""
+    rois = ops.convert_to_tensor(rois, "float32")
+    if levels is None:
+        levels = map_roi_levels(rois, len(strides))
+    levels = ops.convert_to_numpy(levels)
+    channels = int(ops.shape(features[0])[-1])
+    count = int(ops.shape(rois)[0])
+    out = int(output_size)
+    pooled = ops.zeros((count, out, out, channels), "float32")
+    for level, (feature, stride) in enumerate(zip(features, strides)):
+        index = np.flatnonzero(levels == level).astype("int32")
+        if index.size == 0:
+            continue
+        part = roi_align(feature, ops.take(rois, index, axis=0), out, 1.0 / stride)
+        pooled = ops.scatter_update(pooled, ops.convert_to_tensor(index[:, None]), part)
+    return pooled
+
+
+__all__ = ["FINEST_SCALE", "ROI_STRIDES", "map_roi_levels", "multilevel_roi_align", "roi_align"]
