@@ -1,4 +1,4 @@
-"""The parity tests (classifier and segmenters) again, on the JAX and PyTorch
+"""The parity tests (classifier, segmenters and detector) again, on the JAX and PyTorch
 backends of Keras.
 
 Each backend runs in its own process (Keras picks its backend at import).
@@ -34,6 +34,7 @@ def test_parity_on_backend(backend, module):
         [
             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
             str(HERE / "test_parity.py"), str(HERE / "test_segmentation_parity.py"),
+            str(HERE / "test_detection_parity.py"),
         ],
         env=env,
         capture_output=True,

@@ -25,6 +25,7 @@ from keras import ops
 
 from ..layers import _PACKAGE, _Composite
 from .box_coder import BBOX_HEAD_STDS, decode
+from .compiled import compiled
 from .nms import batched_nms
 
 RCNN_TEST_CFG = {"score_thr": 0.05, "iou_threshold": 0.5, "max_per_img": 100, "mask_thr_binary": 0.5}
@@ -75,6 +76,7 @@ class Shared2FCBBoxHead(_Composite):
         return config
 
 
+@compiled()
 def decode_detections(rois, cls_score, bbox_pred, img_shape, scale_factor):
     """Per RoI and class: ``(boxes (R, K, 4), scores (R, K))``, the boxes in
     original-image coordinates (divided by ``scale_factor``), background

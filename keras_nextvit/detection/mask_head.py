@@ -26,6 +26,7 @@ import keras
 from keras import ops
 
 from ..layers import _PACKAGE, _Composite, _pointwise
+from .compiled import bucket, compiled
 
 _CHUNK_VALUES = 1 << 24
 
@@ -96,17 +97,9 @@ def _paste_weights(start, end, length, size):
     return ops.where(painted[..., None], weights, 0.0)
 
 
-def paste_masks(mask_probs, boxes, ori_shape, threshold=0.5):
-    """Boolean masks ``(D, H, W)`` at the original image size ``ori_shape``
-    ``(H, W)`` from ``(D, s, s)`` probabilities and ``(D, 4)`` boxes in
-    original-image coordinates (``threshold < 0``: the probabilities)."""
-    mask_probs = ops.convert_to_tensor(mask_probs, "float32")
-    boxes = ops.convert_to_tensor(boxes, "float32")
-    height, width = (int(v) for v in ori_shape)
-    count = int(ops.shape(mask_probs)[0])
-    size = int(ops.shape(mask_probs)[1])
-    if count == 0:
-        return ops.zeros((0, height, width), "bool" if threshold >= 0 else "float32")
+@compiled(static=("height", "width", "threshold"))
+def _paste(mask_probs, boxes, height, width, threshold):
+    count, size = mask_probs.shape[0], mask_probs.shape[1]
     chunk = max(1, _CHUNK_VALUES // (height * width))
     pieces = []
     for first in range(0, count, chunk):
@@ -118,6 +111,24 @@ def paste_masks(mask_probs, boxes, ori_shape, threshold=0.5):
         image = ops.einsum("dhl,dwl->dhw", rows, wx)
         pieces.append(image >= threshold if threshold >= 0 else image)
     return pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=0)
+
+
+def paste_masks(mask_probs, boxes, ori_shape, threshold=0.5):
+    """Boolean masks ``(D, H, W)`` at the original image size ``ori_shape``
+    ``(H, W)`` from ``(D, s, s)`` probabilities and ``(D, 4)`` boxes in
+    original-image coordinates (``threshold < 0``: the probabilities)."""
+    mask_probs = ops.convert_to_tensor(mask_probs, "float32")
+    boxes = ops.convert_to_tensor(boxes, "float32")
+    height, width = (int(v) for v in ori_shape)
+    count = int(ops.shape(mask_probs)[0])
+    if count == 0:
+        return ops.zeros((0, height, width), "bool" if threshold >= 0 else "float32")
+    extra = bucket(count, 8) - count  # one compiled shape for many counts
+    if extra:
+        size = int(ops.shape(mask_probs)[1])
+        mask_probs = ops.concatenate([mask_probs, ops.zeros((extra, size, size), "float32")], axis=0)
+        boxes = ops.concatenate([boxes, ops.zeros((extra, 4), "float32")], axis=0)
+    return _paste(mask_probs, boxes, height, width, float(threshold))[:count]
 
 
 __all__ = ["FCNMaskHead", "paste_masks"]

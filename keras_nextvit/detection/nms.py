@@ -25,7 +25,13 @@ boxes) instead of one step per box. Boxes are packed per group into a
 never compared (they could not overlap after the shift anyway).
 """
 
+import numpy as np
 from keras import ops
+
+from .compiled import bucket, compiled
+
+
+_PAD_STEP = 128
 
 
 def _pairwise_overlap(boxes, valid, iou_threshold):
@@ -72,40 +78,23 @@ def _descending_order(scores):
     return ops.argsort(-scores)  # stable on TensorFlow, JAX and PyTorch
 
 
-def batched_nms(boxes, scores, groups, iou_threshold, max_num=None, num_groups=None):
-    """mmcv's ``batched_nms``: indices of the kept boxes, best score first.
-
-    Args:
-        boxes: ``(n, 4)`` float32 ``(x1, y1, x2, y2)``.
-        scores: ``(n,)`` float32.
-        groups: ``(n,)`` integer group of each box (``0 .. num_groups - 1``).
-        iou_threshold: a box is dropped by a kept, better one of its group
-            when their IoU is strictly above this.
-        max_num: keep at most this many (``None``: all).
-        num_groups: the number of groups (default: ``max(groups) + 1``,
-            read from the data).
-
-    Returns:
-        ``(k,)`` int32 indices into ``boxes``.
-    """
-    boxes = ops.convert_to_tensor(boxes, "float32")
-    scores = ops.convert_to_tensor(scores, "float32")
-    groups = ops.cast(ops.convert_to_tensor(groups), "int32")
-    n = int(ops.shape(boxes)[0])
-    if n == 0:
-        return ops.zeros((0,), "int32")
-    if num_groups is None:
-        num_groups = int(ops.convert_to_numpy(ops.max(groups))) + 1
-    # mmcv's shift, and plain NMS on the shifted boxes.
-    offsets = ops.cast(groups, "float32") * (ops.max(boxes) + 1.0)
+@compiled(static=("iou_threshold", "num_groups", "size"))
+def _batched_keep(boxes, scores, groups, real, iou_threshold, num_groups, size):
+    """``(order, count)``: every index, the kept ones first in score order,
+    and how many were kept. Entries with ``real`` False are padding (their
+    own group, the lowest scores), never counted."""
+    n = ops.shape(boxes)[0]
+    # mmcv's shift (the largest coordinate of the real boxes), and plain NMS
+    # on the shifted boxes.
+    largest = ops.max(ops.where(real[:, None], boxes, -3.0e38))
+    offsets = ops.cast(groups, "float32") * (largest + 1.0)
     shifted = boxes + offsets[:, None]
 
     # Score order, then grouped (stable, so each group stays in score order).
     order = _descending_order(scores)
     grouped = ops.take(order, ops.argsort(ops.take(groups, order)))
     group_of = ops.take(groups, grouped)
-    counts = ops.bincount(group_of, minlength=num_groups)
-    size = int(ops.convert_to_numpy(ops.max(counts)))
+    counts = ops.sum(ops.cast(group_of[:, None] == ops.arange(num_groups, dtype="int32")[None], "int32"), 0)
     starts = ops.cumsum(counts) - counts
     slot = ops.arange(n, dtype="int32") - ops.cast(ops.take(starts, group_of), "int32")
     flat = group_of * size + slot  # where each grouped box goes in (G, size)
@@ -118,11 +107,50 @@ def batched_nms(boxes, scores, groups, iou_threshold, max_num=None, num_groups=N
     keep = _greedy_keep(_pairwise_overlap(packed, valid, iou_threshold), valid)
     kept_grouped = ops.take(ops.reshape(keep, (-1,)), flat)  # (n,) in grouped order
     # Back to one score order over all groups (ties: the lower original index).
-    kept_mask = ops.scatter(grouped[:, None], ops.cast(kept_grouped, "int32"), (n,)) > 0
-    ranked = ops.take(kept_mask, order)
-    dropped_first = ops.cast(ops.logical_not(ranked), "int32")
+    kept_mask = ops.logical_and(ops.scatter(grouped[:, None], ops.cast(kept_grouped, "int32"), (n,)) > 0, real)
+    dropped_first = ops.cast(ops.logical_not(ops.take(kept_mask, order)), "int32")
     kept = ops.take(order, ops.argsort(dropped_first))  # kept first, in score order
-    count = int(ops.convert_to_numpy(ops.sum(ops.cast(kept_mask, "int32"))))
+    return kept, ops.sum(ops.cast(kept_mask, "int32"))
+
+
+def batched_nms(boxes, scores, groups, iou_threshold, max_num=None, num_groups=None):
+    """mmcv's ``batched_nms``: indices of the kept boxes, best score first.
+
+    Args:
+        boxes: ``(n, 4)`` float32 ``(x1, y1, x2, y2)``.
+        scores: ``(n,)`` float32.
+        groups: ``(n,)`` integer group of each box (``0 .. num_groups - 1``).
+        iou_threshold: a box is dropped by a kept, better one of its group
+            when their IoU is strictly above this.
+        max_num: keep at most this many (``None``: all).
+        num_groups: the number of groups (default: ``max(groups) + 1``).
+
+    Returns:
+        ``(k,)`` int32 indices into ``boxes``.
+    """
+    boxes = ops.convert_to_tensor(boxes, "float32")
+    scores = ops.convert_to_tensor(scores, "float32")
+    groups_np = np.asarray(ops.convert_to_numpy(groups)).astype("int32")
+    n = groups_np.size
+    if n == 0:
+        return ops.zeros((0,), "int32")
+    if num_groups is None:
+        num_groups = int(groups_np.max()) + 1
+    # Pad to a bucketed length (one compiled shape for many counts): the
+    # padding is one more group of empty boxes with the lowest scores.
+    padded = bucket(n, _PAD_STEP)
+    if padded > n:
+        extra = padded - n
+        boxes = ops.concatenate([boxes, ops.zeros((extra, 4), "float32")], axis=0)
+        scores = ops.concatenate([scores, ops.full((extra,), -np.inf, "float32")], axis=0)
+        groups_np = np.concatenate([groups_np, np.full((extra,), num_groups, "int32")])
+    real = ops.convert_to_tensor(np.arange(padded) < n)
+    total_groups = int(num_groups) + (padded > n)
+    size = bucket(np.bincount(groups_np, minlength=total_groups).max())
+    kept, count = _batched_keep(
+        boxes, scores, ops.convert_to_tensor(groups_np), real, float(iou_threshold), total_groups, size
+    )
+    count = int(ops.convert_to_numpy(count))
     if max_num is not None:
         count = min(count, int(max_num))
     return ops.cast(kept[:count], "int32")

@@ -31,10 +31,13 @@ sqrt(w * h)``, ``level = floor(log2(scale / 56 + 1e-6))`` clamped to [0, 3].
 import numpy as np
 from keras import ops
 
+from .compiled import bucket, compiled
+
 FINEST_SCALE = 56
 ROI_STRIDES = (4, 8, 16, 32)
 # Crops are gathered in chunks of at most this many float32 values.
 _CHUNK_VALUES = 1 << 24
+_ROI_STEP = 32
 
 
 def map_roi_levels(rois, num_levels=len(ROI_STRIDES), finest_scale=FINEST_SCALE):
@@ -86,34 +89,21 @@ def _axis_weights(start, bin_size, grid, length, out, origin, window, max_grid):
 
 
 def _window(start, end, length):
-    """First row of each RoI's window and the window size (a Python int)
-    covering every row any RoI's samples can touch."""
+    """First row of each RoI's window, and the rows after it that any of its
+    samples can touch (the window is the largest of these)."""
     origin = ops.cast(ops.clip(ops.floor(start), 0, length - 1), "int32")
     last = ops.cast(ops.clip(ops.floor(end) + 2, 0, length - 1), "int32")
-    size = int(ops.convert_to_numpy(ops.max(last - origin))) + 1 if ops.shape(start)[0] else 1
-    return origin, max(size, 1)
+    return origin, last - origin + 1
 
 
-def roi_align(features, rois, output_size, spatial_scale):
-    """RoIAlign of ``rois`` ``(R, 5)`` on one NHWC map: ``(R, out, out, C)``.
-
-    Runs eagerly (the sample counts and windows are read from the RoIs).
-    A RoI with a negative width or height is an error, as in mmcv's kernel.
-    """
-    features = ops.convert_to_tensor(features, "float32")
-    rois = ops.convert_to_tensor(rois, "float32")
-    _, height, width, channels = (int(d) for d in ops.shape(features))
-    out = int(output_size)
-    count = int(ops.shape(rois)[0])
-    if count == 0:
-        return ops.zeros((0, out, out, channels), "float32")
+@compiled(static=("out", "spatial_scale", "max_grid", "window_h", "window_w"))
+def _roi_align(features, rois, out, spatial_scale, max_grid, window_h, window_w):
+    _, height, width, channels = features.shape
+    count = rois.shape[0]
     start_x, end_x, bin_w, grid_w = _axis(rois, 1, 3, spatial_scale, out)
     start_y, end_y, bin_h, grid_h = _axis(rois, 2, 4, spatial_scale, out)
-    if bool(ops.convert_to_numpy(ops.any((bin_w < 0) | (bin_h < 0)))):
-        raise ValueError("RoIAlign: every RoI needs x2 >= x1 and y2 >= y1 (mmcv's kernel rejects others).")
-    max_grid = int(ops.convert_to_numpy(ops.max(ops.maximum(grid_w, grid_h))))
-    origin_x, window_w = _window(start_x, end_x, width)
-    origin_y, window_h = _window(start_y, end_y, height)
+    origin_x, _ = _window(start_x, end_x, width)
+    origin_y, _ = _window(start_y, end_y, height)
     weights_x = _axis_weights(start_x, bin_w, grid_w, width, out, origin_x, window_w, max_grid)
     weights_y = _axis_weights(start_y, bin_h, grid_h, height, out, origin_y, window_h, max_grid)
     samples = ops.cast(ops.maximum(grid_w * grid_h, 1), "float32")
@@ -134,6 +124,32 @@ def roi_align(features, rois, output_size, spatial_scale):
     return pooled / samples[:, None, None, None]
 
 
+def roi_align(features, rois, output_size, spatial_scale):
+    """RoIAlign of ``rois`` ``(R, 5)`` on one NHWC map: ``(R, out, out, C)``.
+
+    The sample counts and window sizes are read from the RoIs (eagerly);
+    the arithmetic is one compiled function of them on JAX. A RoI with a
+    negative width or height is an error, as in mmcv's kernel.
+    """
+    features = ops.convert_to_tensor(features, "float32")
+    rois = ops.convert_to_tensor(rois, "float32")
+    _, height, width, channels = (int(d) for d in ops.shape(features))
+    out = int(output_size)
+    if int(ops.shape(rois)[0]) == 0:
+        return ops.zeros((0, out, out, channels), "float32")
+    start_x, end_x, bin_w, grid_w = _axis(rois, 1, 3, spatial_scale, out)
+    start_y, end_y, bin_h, grid_h = _axis(rois, 2, 4, spatial_scale, out)
+    if bool(ops.convert_to_numpy(ops.any((bin_w < 0) | (bin_h < 0)))):
+        raise ValueError("RoIAlign: every RoI needs x2 >= x1 and y2 >= y1 (mmcv's kernel rejects others).")
+    max_grid = int(ops.convert_to_numpy(ops.max(ops.maximum(grid_w, grid_h))))
+    window_w = int(ops.convert_to_numpy(ops.max(_window(start_x, end_x, width)[1])))
+    window_h = int(ops.convert_to_numpy(ops.max(_window(start_y, end_y, height)[1])))
+    return _roi_align(
+        features, rois, out, float(spatial_scale), max_grid,
+        min(bucket(window_h, 4), height), min(bucket(window_w, 4), width),
+    )
+
+
 def multilevel_roi_align(features, rois, output_size, strides=ROI_STRIDES, levels=None):
     """mmdet's ``SingleRoIExtractor``: each RoI pooled from its level of
     ``features`` (NHWC P2..P5), ``(R, out, out, C)`` in RoI order."""
@@ -149,7 +165,13 @@ def multilevel_roi_align(features, rois, output_size, strides=ROI_STRIDES, level
         index = np.flatnonzero(levels == level).astype("int32")
         if index.size == 0:
             continue
-        part = roi_align(feature, ops.take(rois, index, axis=0), out, 1.0 / stride)
+        # Padded with empty RoIs (pooled to 0) to a bucketed count: one
+        # compiled shape for many counts.
+        chosen = ops.take(rois, index, axis=0)
+        extra = bucket(index.size, _ROI_STEP) - index.size
+        if extra:
+            chosen = ops.concatenate([chosen, ops.zeros((extra, 5), "float32")], axis=0)
+        part = roi_align(feature, chosen, out, 1.0 / stride)[: index.size]
         pooled = ops.scatter_update(pooled, ops.convert_to_tensor(index[:, None]), part)
     return pooled
 

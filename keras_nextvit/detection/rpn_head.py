@@ -21,10 +21,12 @@ with the level as the group keeps at most ``max_per_img``, best first.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from ..layers import _PACKAGE, _Composite, _pointwise
 from .box_coder import decode
+from .compiled import compiled
 from .nms import batched_nms
 
 RPN_TEST_CFG = {"nms_pre": 1000, "max_per_img": 1000, "iou_threshold": 0.7, "min_bbox_size": 0}
@@ -72,6 +74,27 @@ class RPNHead(_Composite):
         return config
 
 
+@compiled(static=("nms_pre",))
+def _candidates(cls_maps, reg_maps, anchors, img_shape, nms_pre):
+    """Every level's best ``nms_pre`` anchors (all of a smaller level),
+    decoded: ``(boxes, scores, levels)`` concatenated over the levels."""
+    scores, deltas, priors, levels = [], [], [], []
+    for level, (cls, reg, level_anchors) in enumerate(zip(cls_maps, reg_maps, anchors)):
+        level_scores = ops.sigmoid(ops.reshape(cls, (-1,)))
+        level_deltas = ops.reshape(reg, (-1, 4))
+        if level_scores.shape[0] > nms_pre:
+            best = ops.argsort(-level_scores)[:nms_pre]  # stable: ties keep index order
+            level_scores = ops.take(level_scores, best)
+            level_deltas = ops.take(level_deltas, best, axis=0)
+            level_anchors = ops.take(level_anchors, best, axis=0)
+        scores.append(level_scores)
+        deltas.append(level_deltas)
+        priors.append(level_anchors)
+        levels.append(ops.full(level_scores.shape, level, "int32"))
+    boxes = decode(ops.concatenate(priors), ops.concatenate(deltas), max_shape=(img_shape[0], img_shape[1]))
+    return boxes, ops.concatenate(scores), ops.concatenate(levels)
+
+
 def rpn_proposals(cls_maps, reg_maps, anchors, img_shape, cfg=None):
     """One image's proposals ``(P, 5)``: ``x1, y1, x2, y2, score``, best first.
 
@@ -83,26 +106,16 @@ def rpn_proposals(cls_maps, reg_maps, anchors, img_shape, cfg=None):
         cfg: overrides of :data:`RPN_TEST_CFG`.
     """
     cfg = {**RPN_TEST_CFG, **(cfg or {})}
-    scores, deltas, priors, levels = [], [], [], []
-    for level, (cls, reg, level_anchors) in enumerate(zip(cls_maps, reg_maps, anchors)):
-        level_scores = ops.sigmoid(ops.reshape(cls, (-1,)))
-        level_deltas = ops.reshape(reg, (-1, 4))
-        level_anchors = ops.convert_to_tensor(level_anchors, "float32")
-        if int(ops.shape(level_scores)[0]) > cfg["nms_pre"]:
-            best = ops.argsort(-level_scores)[: cfg["nms_pre"]]  # stable: ties keep index order
-            level_scores = ops.take(level_scores, best)
-            level_deltas = ops.take(level_deltas, best, axis=0)
-            level_anchors = ops.take(level_anchors, best, axis=0)
-        scores.append(level_scores)
-        deltas.append(level_deltas)
-        priors.append(level_anchors)
-        levels.append(ops.full(ops.shape(level_scores), level, "int32"))
-    scores = ops.concatenate(scores)
-    boxes = decode(ops.concatenate(priors), ops.concatenate(deltas), max_shape=img_shape)
-    levels = ops.concatenate(levels)
+    boxes, scores, levels = _candidates(
+        [ops.convert_to_tensor(c, "float32") for c in cls_maps],
+        [ops.convert_to_tensor(r, "float32") for r in reg_maps],
+        [ops.convert_to_tensor(a, "float32") for a in anchors],
+        ops.convert_to_tensor(np.asarray(img_shape[:2], np.float32)),
+        int(cfg["nms_pre"]),
+    )
     size = cfg["min_bbox_size"]
     valid = ops.logical_and(boxes[:, 2] - boxes[:, 0] > size, boxes[:, 3] - boxes[:, 1] > size)
-    index = ops.convert_to_numpy(valid).nonzero()[0]
+    index = np.flatnonzero(ops.convert_to_numpy(valid))
     boxes = ops.take(boxes, index, axis=0)
     scores = ops.take(scores, index)
     levels = ops.take(levels, index)
