@@ -8,7 +8,9 @@ Next-ViT's tensors go by three names, all of which the loader reads:
 * **mmsegmentation's** (the published ADE20K segmenters): the upstream
   backbone under ``backbone.`` (plus ``backbone.extra_norm_list.{i}``), then
   ``neck.…``, ``decode_head.…`` and ``auxiliary_head.…`` with mmseg's module
-  names (``lateral_convs.0.conv``, ``scale_heads.3.4.bn``, ``psp_modules.2.1``).
+  names (``lateral_convs.0.conv``, ``scale_heads.3.4.bn``, ``psp_modules.2.1``);
+* **mmdetection's** (the published COCO Mask R-CNNs): the same backbone and
+  ``neck.…``, then ``rpn_head.…`` and ``roi_head.{bbox,mask}_head.…``.
 
 Keras names cannot hold dots on every backend, so the reference's ``stem.0``
 is the layer ``stem_0`` here. Internally the loader compares checkpoints in
@@ -115,6 +117,11 @@ def is_official_naming(state):
 
 def is_mmseg_naming(state):
     return any(key.startswith((MMSEG_BACKBONE,) + tuple(p + "." for p in SEGMENTER_PARTS)) for key in state)
+
+
+def is_mmdet_naming(state):
+    """A detection checkpoint (mmdet's Mask R-CNN): RPN and RoI heads."""
+    return any(key.startswith(("rpn_head.", "roi_head.")) for key in state)
 
 
 def official_block_count(state):

@@ -27,6 +27,7 @@ from .naming import (
     MMSEG_BACKBONE,
     checkpoint_depths,
     internal_to_mmseg,
+    is_mmdet_naming,
     is_mmseg_naming,
     is_official_naming,
     is_segmenter,
@@ -359,6 +360,12 @@ def load_torch_weights(model, source):
     if is_segmenter(model):
         return _load_segmenter(model, raw)
     depths = model_depths(model)
+    if is_mmdet_naming(raw):
+        raise CheckpointError(
+            f"The checkpoint is a detection model ({_describe_mmdet(raw)}), and model "
+            f"{model.name!r} is a classifier. Build keras_nextvit.NextViTMaskRCNN(weights=...) "
+            "to use it, or pass it as backbone_weights= to start a model from its backbone."
+        )
     if is_mmseg_naming(raw):
         raise CheckpointError(
             f"The checkpoint is a segmentation model ({_describe_mmseg(raw)}), and model "
@@ -418,6 +425,12 @@ def _describe_segmenter(model):
 
 def _load_segmenter(model, raw):
     depths = model_depths(model)
+    if is_mmdet_naming(raw):
+        raise CheckpointError(
+            f"The checkpoint is a detection model ({_describe_mmdet(raw)}), and model "
+            f"{model.name!r} is a segmenter. Build keras_nextvit.NextViTMaskRCNN(weights=...) to "
+            "use it, or pass it as backbone_weights= to start the segmenter from its backbone."
+        )
     if not is_mmseg_naming(raw):
         raise CheckpointError(
             f"The checkpoint is an ImageNet classification checkpoint ({_describe(raw)}), not "
@@ -471,8 +484,39 @@ def detector_depths(model):
     return tuple(model.depths)
 
 
+def _describe_mmdet(state):
+    """What a detection checkpoint looks like: variant and classes."""
+    total = mmseg_backbone_block_count(state)
+    variants = [n for n, c in presets.VARIANTS.items() if sum(c["depths"]) == total]
+    variant = f"Next-ViT-{variants[0][0].upper()}" if variants else f"{total} backbone blocks"
+    cls = state.get("roi_head.bbox_head.fc_cls.weight")
+    classes = "" if cls is None else f", {np.shape(cls)[0] - 1} classes"
+    return f"{variant} + Mask R-CNN{classes}"
+
+
 def _load_detector(model, raw):
     depths = detector_depths(model)
+    what_model = f"detector {model.name!r} ({_variant_of(depths)}, {model.num_classes} classes)"
+    pass_backbone = (
+        "Pass it as backbone_weights= (NextViTMaskRCNN(backbone_weights=...)) to start the "
+        "detector's backbone from it."
+    )
+    if not is_mmseg_naming(raw):
+        raise CheckpointError(
+            f"The checkpoint is an ImageNet classification checkpoint ({_describe(raw)}), not a "
+            f"detection one, and model {model.name!r} is a detector. {pass_backbone}"
+        )
+    if not is_mmdet_naming(raw):
+        raise CheckpointError(
+            f"The checkpoint is a segmentation model ({_describe_mmseg(raw)}), not a detection "
+            f"one, and model {model.name!r} is a detector. Build "
+            f"keras_nextvit.NextViTSegmenter(weights=...) to use it. {pass_backbone}"
+        )
+    if mmseg_backbone_block_count(raw) != sum(depths):
+        raise CheckpointError(
+            f"The checkpoint is {_describe_mmdet(raw)}; {what_model} has another backbone. Build "
+            "keras_nextvit.NextViTMaskRCNN with the checkpoint's variant."
+        )
     state = _without_counters(mmseg_to_internal(raw, depths))
     expected = _loadable_tensors(model)
     expected_names = {n for n, _, _ in expected}
@@ -480,10 +524,19 @@ def _load_detector(model, raw):
         expected_names,
         state,
         ignore=lambda key: key.startswith(UNUSED_DETECTION_TENSORS),
-        what_model=f"detector {model.name!r} ({_variant_of(depths)}, {model.num_classes} classes)",
-        what_checkpoint=_describe(raw),
+        what_model=what_model,
+        what_checkpoint=_describe_mmdet(raw),
     )
-    _assign_all(expected, state)
+
+    def hint(name, array):
+        if name.startswith("roi_head.") and name.endswith(("fc_cls.weight", "fc_reg.weight", "conv_logits.weight")):
+            return (
+                f"The checkpoint is {_describe_mmdet(raw)}: build the detector with that num_classes "
+                "(or start from its backbone with backbone_weights= and train new heads)."
+            )
+        return None
+
+    _assign_all(expected, state, hint)
     return model
 
 
@@ -511,12 +564,14 @@ def load_backbone_weights(model, source, cache=None):
         state = OrderedDict(
             (k[len(MMSEG_BACKBONE):], v) for k, v in inner.items() if k.startswith(MMSEG_BACKBONE)
         )
-        found = _describe_mmseg(raw)
+        found = _describe_mmdet(raw) if is_mmdet_naming(raw) else _describe_mmseg(raw)
     else:
         state = official_to_timm(raw, depths) if is_official_naming(raw) else raw
         found = _describe(raw)
     state = _without_counters(state)
     expected = []
+    has_norm = any(layer.name == "norm" for layer in model.layers)
+    unused = ("head.", "extra_norm_list.", "proj_head.") + (() if has_norm else ("norm.",))
     for layer in model.layers:
         name = layer.name
         if not (name.startswith(("stem_", "stages_")) or name == "norm"):
@@ -527,7 +582,7 @@ def load_backbone_weights(model, source, cache=None):
     _check_names(
         {n for n, _, _ in expected},
         state,
-        ignore=lambda k: k.startswith(("head.", "extra_norm_list.", "proj_head.")),
+        ignore=lambda k: k.startswith(unused),
         what_model=f"the backbone of {model.name!r} ({_variant_of(depths)})",
         what_checkpoint=found,
     )
