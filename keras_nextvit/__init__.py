@@ -40,6 +40,7 @@ _EXPORTS = {
     "VARIANTS": "presets",
     "merge_batchnorm": "reparam",
     "NextViTMaskRCNN": "detection",
+    "detect": "detection",
     "NextViTSegmenter": "segmentation",
     "segment": "segmentation",
     "CheckpointError": "weights",

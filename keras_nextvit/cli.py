@@ -5,6 +5,7 @@
     keras-nextvit convert SRC OUT      # PyTorch checkpoint -> .weights.h5 / .keras
     keras-nextvit export OUT --format tflite --quantize int8 --representative-data DIR
     keras-nextvit segment IMAGE --weights CKPT --head fpn -o overlay.png
+    keras-nextvit detect IMAGE --weights CKPT --variant small -o out.png --json out.json
     keras-nextvit info --segmentation  # the segmenters' parameters and FLOPs at 512x2048
     keras-nextvit hub-preset SRC DIR   # preset name or checkpoint -> keras-hub preset folder
 """
@@ -202,6 +203,52 @@ def _segment(args):
     return 0
 
 
+def _detect(args):
+    import json
+
+    from .detection import NextViTMaskRCNN, coco, detect
+    from .detection.inference import check_score_thr, prepare
+    from .segmentation.inference import read_image
+
+    score_thr = check_score_thr(args.score_thr)  # bad settings and files fail before the model
+    image = read_image(args.image)
+    prepare([image])  # too small an image fails here too
+    if args.weights is None:
+        print("note: no --weights given; the detector is randomly initialised and its detections "
+              "are arbitrary", file=sys.stderr)
+    detector = NextViTMaskRCNN(args.variant, num_classes=args.num_classes, weights=args.weights)
+    start = time.perf_counter()
+    result = detect(detector, image, score_thr=score_thr)
+    names = coco.CLASSES if args.num_classes == len(coco.CLASSES) else None
+    count = len(result["scores"])
+    print(f"detected {count} objects in {os.path.basename(args.image)} ({image.shape[1]}x{image.shape[0]}) "
+          f"in {time.perf_counter() - start:.1f} s" + (":" if count else "."))
+    records = []
+    for box, score, label, mask in zip(result["boxes"], result["scores"], result["labels"], result["masks"]):
+        name = names[int(label)] if names else f"class {int(label)}"
+        records.append({
+            "label": int(label), "name": name, "score": round(float(score), 5),
+            "box": [round(float(v), 2) for v in box], "mask_area": int(mask.sum()),
+        })
+    for record in records[:10]:
+        x1, y1, x2, y2 = record["box"]
+        print(f"  {record['score']:.3f}  {record['name']:<16} ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f})")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"image": args.image, "detections": records}, handle, indent=1)
+        print(f"wrote {args.json}")
+    if args.output:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .visualize import plot_detections
+
+        fig = plot_detections(image, result, class_names=names and list(names))
+        fig.savefig(args.output, dpi=150, bbox_inches="tight")
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _hub_preset(args):
     try:
         from . import hub
@@ -245,6 +292,17 @@ def build_parser():
     seg.add_argument("--slide", action="store_true", help="sliding-window inference (512 crops)")
     seg.add_argument("-o", "--output", help="overlay image to write (.png/.jpg), or .npy for the class map")
     seg.set_defaults(run=_segment)
+
+    det = commands.add_parser("detect", help="detect objects (COCO, Mask R-CNN) and draw them")
+    det.add_argument("image", help="image file")
+    det.add_argument("--weights", help="detection checkpoint (mmdet .pth from the upstream repository, "
+                     ".safetensors, .weights.h5)")
+    det.add_argument("--variant", choices=["small", "base", "large"], default="small")
+    det.add_argument("--num-classes", type=int, default=80)
+    det.add_argument("--score-thr", type=float, default=0.05, help="keep detections above this (0..1)")
+    det.add_argument("-o", "--output", help="image to write with boxes, labels and masks (.png/.jpg)")
+    det.add_argument("--json", help="write the detections (box, score, label, mask area) to this file")
+    det.set_defaults(run=_detect)
 
     demo = commands.add_parser("demo", help="build a model, classify a photo, save and reload it")
     demo.add_argument("--variant", choices=["small", "base", "large"], default="small")

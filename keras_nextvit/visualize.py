@@ -371,3 +371,49 @@ def plot_segmentation(image, classes, class_names=None, palette=None, alpha=0.5,
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.8, 1))
     return fig
+
+
+def _detection_colour(label):
+    """A fixed, distinct colour per class (golden-angle hues)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.75, 0.95)
+    return np.array([r, g, b])
+
+
+def overlay_detections(image, result, alpha=0.45):
+    """The uint8 image with each detection's mask blended in its class colour
+    (no boxes or text: :func:`plot_detections` draws those)."""
+    out = np.asarray(image, dtype=np.float32).copy()
+    for label, mask in zip(result["labels"], result["masks"]):
+        colour = _detection_colour(int(label)) * 255.0
+        out[mask] = (1 - alpha) * out[mask] + alpha * colour
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def plot_detections(image, result, class_names=None, top=None, ax=None, title=None):
+    """The image with the detections of :func:`keras_nextvit.detect`: mask
+    overlays, boxes, and ``label score`` tags (COCO's names by default).
+    ``top`` draws only the best ``top`` detections."""
+    from matplotlib.patches import Rectangle
+
+    from .detection.coco import CLASSES
+
+    names = CLASSES if class_names is None else class_names
+    count = len(result["scores"]) if top is None else min(int(top), len(result["scores"]))
+    shown = {key: np.asarray(value)[:count] for key, value in result.items()}
+    if ax is None:
+        fig, axes = _figure(1, 1, 6.0)
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    ax.imshow(overlay_detections(image, shown))
+    for (x1, y1, x2, y2), score, label in zip(shown["boxes"], shown["scores"], shown["labels"]):
+        colour = _detection_colour(int(label))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
+        name = names[int(label)] if int(label) < len(names) else f"class {int(label)}"
+        ax.text(x1, y1, f"{name} {score:.2f}", fontsize=7, color="white", va="bottom",
+                bbox=dict(facecolor=colour, edgecolor="none", pad=1, alpha=0.8))
+    ax.set_title(title or f"{count} detections")
+    ax.axis("off")
+    return fig

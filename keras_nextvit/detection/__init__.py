@@ -9,7 +9,9 @@ checkpoints compute it), one module per part:
 * :mod:`.bbox_head` -- ``Shared2FCBBoxHead`` and ``multiclass_nms``;
 * :mod:`.mask_head` -- ``FCNMaskHead`` and mask pasting;
 * :mod:`.model` -- :func:`NextViTMaskRCNN` (backbone, FPN neck, heads);
-* :mod:`.inference` -- the test-time pipeline, stage by stage.
+* :mod:`.inference` -- the test-time pipeline, stage by stage, and
+  :func:`detect` (mmdet's test pipeline in front);
+* :mod:`.coco` -- COCO's class names and category ids.
 
 The reference these follow is ``tests/data/detection/README.md``.
 """
@@ -17,7 +19,8 @@ The reference these follow is ``tests/data/detection/README.md``.
 from .anchors import base_anchors, grid_anchors, level_anchors
 from .bbox_head import Shared2FCBBoxHead, multiclass_nms
 from .box_coder import decode
-from .inference import reference_outputs
+from . import coco
+from .inference import detect, prepare, reference_outputs
 from .mask_head import FCNMaskHead, paste_masks
 from .model import MaskRCNN, NextViTMaskRCNN
 from .nms import batched_nms, nms
@@ -25,7 +28,7 @@ from .roi_align import map_roi_levels, multilevel_roi_align, roi_align
 from .rpn_head import RPNHead, rpn_proposals
 
 __all__ = [
-    "FCNMaskHead", "MaskRCNN", "NextViTMaskRCNN", "RPNHead", "Shared2FCBBoxHead", "base_anchors",
+    "FCNMaskHead", "MaskRCNN", "coco", "detect", "prepare", "NextViTMaskRCNN", "RPNHead", "Shared2FCBBoxHead", "base_anchors",
     "batched_nms", "decode", "grid_anchors", "level_anchors", "map_roi_levels", "multiclass_nms",
     "multilevel_roi_align", "nms", "paste_masks", "reference_outputs", "roi_align", "rpn_proposals",
 ]

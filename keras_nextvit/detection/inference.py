@@ -15,9 +15,18 @@ For a padded, normalised NHWC batch and each image's meta data
     masks     = paste_masks(probs, mask RoIs / scale_factor, ori_shape)
 
 Runs eagerly: proposal and detection counts vary from image to image.
+
+:func:`detect` adds mmdet's test pipeline in front (``img_scale=(1333, 800)``):
+resize keeping the aspect ratio (the factor is ``min(1333 / long side,
+800 / short side)``, each side ``int(side * factor + 0.5)``, bilinear with
+half-pixel centres as mmcv's ``imrescale``, rounded to uint8), ImageNet
+normalisation, zero padding at the bottom and right to a multiple of 32 (the
+batch's largest image). OpenCV resizes uint8 images with fixed-point weights,
+so a resized pixel can differ from mmcv's by one grey level.
 """
 
 import contextlib
+import math
 
 import keras
 import numpy as np
@@ -31,6 +40,9 @@ from .rpn_head import rpn_proposals
 
 BOX_ROI_SIZE = 7
 MASK_ROI_SIZE = 14
+TEST_SCALE = (1333, 800)
+SIZE_DIVISOR = 32
+MIN_IMAGE_SIZE = 32
 
 
 def _nchw(x):
@@ -130,13 +142,28 @@ def _no_grad():
     return contextlib.nullcontext()
 
 
-def run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr=None, probe_rois=None):
-    """The whole test-time pipeline; a dict of NumPy arrays (golden layouts)."""
+def check_score_thr(score_thr):
+    if score_thr is None:
+        return None
+    try:
+        value = float(score_thr)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"score_thr must be a number in [0, 1], got {score_thr!r}.")
+    return value
+
+
+def run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr=None, probe_rois=None,
+        raw=True):
+    """The whole test-time pipeline; a dict of NumPy arrays (golden layouts).
+    ``raw=False`` leaves out the backbone, FPN and RPN maps."""
+    score_thr = check_score_thr(score_thr)
     with _no_grad():
-        return _run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, probe_rois)
+        return _run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, probe_rois, raw)
 
 
-def _run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, probe_rois):
+def _run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, probe_rois, raw):
     images = ops.convert_to_tensor(images, "float32")
     img_shapes = np.asarray(img_shapes)
     scale_factors = np.asarray(scale_factors, np.float32)
@@ -148,12 +175,13 @@ def _run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, pro
     dense = detector(images)
     pyramid = dense["fpn"]
     out = {}
-    for i, x in enumerate(dense["features"], 1):
-        out[f"feature{i}"] = _nchw(x)
-    for i, (p, c, r) in enumerate(zip(pyramid, dense["rpn_cls"], dense["rpn_reg"]), 1):
-        out[f"fpn{i}"], out[f"rpn_cls{i}"], out[f"rpn_reg{i}"] = _nchw(p), _nchw(c), _nchw(r)
-    for i, a in enumerate(level_anchors([tuple(int(d) for d in p.shape[1:3]) for p in pyramid]), 1):
-        out[f"anchors{i}"] = a
+    if raw:
+        for i, x in enumerate(dense["features"], 1):
+            out[f"feature{i}"] = _nchw(x)
+        for i, (p, c, r) in enumerate(zip(pyramid, dense["rpn_cls"], dense["rpn_reg"]), 1):
+            out[f"fpn{i}"], out[f"rpn_cls{i}"], out[f"rpn_reg{i}"] = _nchw(p), _nchw(c), _nchw(r)
+        for i, a in enumerate(level_anchors([tuple(int(d) for d in p.shape[1:3]) for p in pyramid]), 1):
+            out[f"anchors{i}"] = a
 
     proposals = proposals_from_rpn(dense["rpn_cls"], dense["rpn_reg"], img_shapes, detector.test_cfg["rpn"])
     counts = [int(p.shape[0]) for p in proposals]
@@ -204,7 +232,90 @@ def reference_outputs(detector, images, img_shapes, scale_factors, ori_shapes, s
     return run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, probe_rois)
 
 
+def prepare(images, scale=TEST_SCALE, size_divisor=SIZE_DIVISOR):
+    """mmdet's test pipeline for a list of images (paths, PIL images or uint8
+    arrays): ``(batch (N, H, W, 3) float32, img_shapes, scale_factors,
+    ori_shapes)``, the batch padded to its largest image, a multiple of
+    ``size_divisor``."""
+    from ..preprocessing import preprocess_input
+    from ..segmentation.inference import read_image, rescaled_size, resize_bilinear_numpy
+
+    arrays = [read_image(image) for image in images]
+    resized, img_shapes, ori_shapes, scale_factors = [], [], [], []
+    for array in arrays:
+        height, width = array.shape[:2]
+        if min(height, width) < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"The image is {height}x{width} pixels; the detector needs at least "
+                f"{MIN_IMAGE_SIZE} pixels on each side."
+            )
+        new_h, new_w = rescaled_size(height, width, scale)
+        if (new_h, new_w) != (height, width):
+            array = np.clip(np.round(resize_bilinear_numpy(array, (new_h, new_w))), 0, 255).astype(np.uint8)
+        resized.append(preprocess_input(array))
+        img_shapes.append((new_h, new_w, 3))
+        ori_shapes.append((height, width, 3))
+        w_scale, h_scale = np.float32(new_w / width), np.float32(new_h / height)
+        scale_factors.append((w_scale, h_scale, w_scale, h_scale))
+    pad_h = math.ceil(max(s[0] for s in img_shapes) / size_divisor) * size_divisor
+    pad_w = math.ceil(max(s[1] for s in img_shapes) / size_divisor) * size_divisor
+    batch = np.zeros((len(resized), pad_h, pad_w, 3), np.float32)
+    for i, image in enumerate(resized):
+        batch[i, : image.shape[0], : image.shape[1]] = image
+    return batch, np.array(img_shapes), np.array(scale_factors, np.float32), np.array(ori_shapes)
+
+
+def detect(detector, images, score_thr=None, scale=TEST_SCALE, batch_size=1):
+    """Detect objects (boxes, scores, labels, masks) in one image or a list.
+
+    Args:
+        detector: a :func:`~keras_nextvit.NextViTMaskRCNN`.
+        images: a path, PIL image or uint8 ``(H, W, 3)`` RGB array, or a
+            list of them (sizes may differ).
+        score_thr: keep detections scoring above this (default: the
+            detector's ``test_cfg``, 0.05 as published); in [0, 1].
+        scale: the test scale ``(long, short)``: each image is resized so
+            that its sides fit ``max(scale)`` and ``min(scale)``.
+        batch_size: images per forward pass (padded to the largest).
+
+    Returns:
+        Per image a dict: ``boxes`` ``(D, 4)`` float32 ``(x1, y1, x2, y2)``
+        in the original image's pixels, ``scores`` ``(D,)``, ``labels``
+        ``(D,)`` int64 (COCO's 80 classes: :data:`coco.CLASSES`), ``masks``
+        ``(D, H, W)`` bool at the original size; best score first. A list
+        for a list of images.
+
+    Example:
+
+    >>> import numpy as np, keras_nextvit
+    >>> detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3)
+    >>> result = keras_nextvit.detect(detector, np.zeros((64, 80, 3), "uint8"), score_thr=0.0)
+    >>> result["masks"].shape[1:], result["boxes"].shape[1]
+    ((64, 80), 4)
+    """
+    score_thr = check_score_thr(score_thr)
+    single = not isinstance(images, (list, tuple))
+    images = [images] if single else list(images)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size!r}.")
+    results = []
+    for first in range(0, len(images), int(batch_size)):
+        batch, img_shapes, scale_factors, ori_shapes = prepare(images[first:first + int(batch_size)], scale)
+        out = run(detector, batch, img_shapes, scale_factors, ori_shapes, score_thr, raw=False)
+        counts = list(out["det_counts"])
+        for i, (dets, labels) in enumerate(zip(_split(out["det_bboxes"], counts),
+                                               _split(out["det_labels"], counts))):
+            results.append({
+                "boxes": np.ascontiguousarray(dets[:, :4]),
+                "scores": np.ascontiguousarray(dets[:, 4]),
+                "labels": labels,
+                "masks": out[f"masks_img{i}"],
+            })
+    return results[0] if single else results
+
+
 __all__ = [
+    "detect", "prepare",
     "box_head_outputs", "detections", "mask_probabilities", "pasted_masks", "proposals_from_rpn",
     "reference_outputs", "run",
 ]
