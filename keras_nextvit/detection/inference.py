@@ -34,6 +34,7 @@ from keras import ops
 
 from .anchors import level_anchors
 from .bbox_head import decode_detections, multiclass_nms
+from .compiled import bucket, call_layer
 from .mask_head import paste_masks
 from .roi_align import map_roi_levels, multilevel_roi_align
 from .rpn_head import rpn_proposals
@@ -67,6 +68,24 @@ def _split(x, counts):
     return out
 
 
+def _head(layer, feats, step=64):
+    """A RoI head on ``feats``, padded to a bucketed count (one compiled
+    shape for many counts on JAX)."""
+    count = int(feats.shape[0])
+    extra = bucket(count, step) - count
+    if extra:
+        feats = ops.concatenate([feats, ops.zeros((extra,) + tuple(feats.shape[1:]), "float32")], axis=0)
+    outputs = call_layer(layer, feats)
+    if isinstance(outputs, (tuple, list)):
+        return tuple(o[:count] for o in outputs)
+    return outputs[:count]
+
+
+def _dense(detector, images):
+    """The backbone, FPN and RPN head on a batch (compiled whole on JAX)."""
+    return call_layer(detector, images)
+
+
 def _image_shape(shape):
     return tuple(int(v) for v in shape[:2])
 
@@ -93,7 +112,7 @@ def box_head_outputs(detector, pyramid, proposals):
     on P2..P5 and the box head."""
     rois = _rois(proposals)
     feats = multilevel_roi_align(pyramid[:4], rois, BOX_ROI_SIZE)
-    cls_score, bbox_pred = detector.bbox_head(feats)
+    cls_score, bbox_pred = _head(detector.bbox_head, feats)
     return rois, cls_score, bbox_pred
 
 
@@ -117,7 +136,7 @@ def mask_probabilities(detector, pyramid, dets, labels, scale_factors):
     if not sum(int(d.shape[0]) for d in dets):
         return ops.zeros((0, 2 * MASK_ROI_SIZE, 2 * MASK_ROI_SIZE), "float32"), mask_boxes
     feats = multilevel_roi_align(pyramid[:4], _rois(mask_boxes), MASK_ROI_SIZE)
-    logits = detector.mask_head(feats)  # (D, 28, 28, num_classes)
+    logits = _head(detector.mask_head, feats)  # (D, 28, 28, num_classes)
     label_all = ops.cast(ops.concatenate([ops.convert_to_tensor(x) for x in labels], axis=0), "int32")
     chosen = ops.take_along_axis(logits, ops.reshape(label_all, (-1, 1, 1, 1)), axis=3)[..., 0]
     return ops.sigmoid(chosen), mask_boxes
@@ -172,7 +191,7 @@ def _run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, pro
     if score_thr is not None:
         rcnn["score_thr"] = float(score_thr)
 
-    dense = detector(images)
+    dense = _dense(detector, images)
     pyramid = dense["fpn"]
     out = {}
     if raw:
@@ -209,13 +228,13 @@ def _run(detector, images, img_shapes, scale_factors, ori_shapes, score_thr, pro
         probe_rois = ops.convert_to_tensor(probe_rois, "float32")
         bbox_feats = multilevel_roi_align(pyramid[:4], probe_rois, BOX_ROI_SIZE)
         mask_feats = multilevel_roi_align(pyramid[:4], probe_rois, MASK_ROI_SIZE)
-        probe_cls, probe_reg = detector.bbox_head(bbox_feats)
+        probe_cls, probe_reg = _head(detector.bbox_head, bbox_feats)
         out["probe_levels"] = ops.convert_to_numpy(map_roi_levels(probe_rois)).astype(np.int8)
         out["probe_bbox_feats"] = _nchw(bbox_feats)
         out["probe_mask_feats"] = _nchw(mask_feats)
         out["probe_cls_score"] = ops.convert_to_numpy(probe_cls)
         out["probe_bbox_pred"] = ops.convert_to_numpy(probe_reg)
-        out["probe_mask_logits"] = _nchw(detector.mask_head(mask_feats))
+        out["probe_mask_logits"] = _nchw(_head(detector.mask_head, mask_feats))
     return out
 
 
