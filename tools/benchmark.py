@@ -7,6 +7,7 @@
     python tools/benchmark.py --only backends         # issue #15: every Keras backend vs the reference
     python tools/benchmark.py --task segmentation --head fpn --size 512      # the segmenters,
     python tools/benchmark.py --task segmentation --head upernet --size 512  # batch 1
+    python tools/benchmark.py --task detection --rounds 2   # Mask R-CNN, detect on 800x1216
 
 Every row runs in a process of its own (fresh threads, caches, allocator),
 warms up, then reports the median (and min) of repeated runs:
@@ -51,6 +52,16 @@ exports   TFLite fp32 and fp16 (XNNPACK; the fp16 file also with float16
 torch     the PyTorch reference segmenter
           (tools/torch_reference_segmentation.py) eagerly, and exported by its
           ``export_onnx`` (torch.onnx) in ONNX Runtime (an exports row)
+
+``--task detection`` times ``keras_nextvit.detect`` end to end (mmdet's test
+pipeline, backbone, RPN, RoI heads, NMS, mask pasting) on one 800x1216 photo
+(--size H, --width W), Next-ViT-S + Mask R-CNN with the synthetic weights of
+tests/data/detection (the same on both sides), at --score-thr 0 by default
+so that 100 detections reach the mask head and pasting (at 0.05 the
+synthetic weights keep none): the Keras detector on each backend, and the
+PyTorch reference (tools/torch_reference_detection.py) eagerly on the
+normalised image. Bar (issue #23): the best Keras backend <= 1.0 x the
+reference's eager time. (The exports' rows come with the detector's export.)
 
 Artifacts are named by task, head, variant and size
 (``seg_{head}_nextvit_{variant}_{size}_b{batch}_*``). Bar: our best float
@@ -284,6 +295,83 @@ def work_torch_eager(args):
     return {"median_ms": median, "min_ms": min(times)}
 
 
+DETECTION_ROWS = {
+    "keras tensorflow": "tensorflow",
+    "keras jax": "jax",
+    "keras torch": "torch",
+}
+
+
+def _detection_weights(variant):
+    import json
+
+    from keras_nextvit import synthetic
+
+    keys = os.path.join(ROOT, "tests", "data", "detection", f"det_maskrcnn_{variant}.keys.json")
+    with open(keys) as handle:
+        return synthetic.synthetic_state_dict([(n, tuple(shape)) for n, shape in json.load(handle)])
+
+
+def work_detect_keras(args, backend):
+    """``keras_nextvit.detect`` on one uint8 photo, this process's backend."""
+    import keras
+    import numpy as np
+
+    import keras_nextvit
+
+    assert keras.backend.backend() == backend, keras.backend.backend()
+    detector = keras_nextvit.NextViTMaskRCNN(args.variant, weights=_detection_weights(args.variant))
+    image = np.random.default_rng(0).integers(0, 256, (args.size, args.width, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    first = keras_nextvit.detect(detector, image, score_thr=args.score_thr)
+    first_s = time.perf_counter() - start
+    result = _median_ms(lambda _: keras_nextvit.detect(detector, image, score_thr=args.score_thr),
+                        None, args.warmup, args.repeats)
+    result.update(first_call_s=first_s, detections=len(first["scores"]))
+    return result
+
+
+def work_detect_torch(args):
+    sys.path.insert(0, HERE)
+    import torch_reference_detection as ref
+
+    median, times = ref.benchmark(args.variant, (args.size, args.width), 1, args.warmup, args.repeats,
+                                  args.score_thr)
+    return {"median_ms": median, "min_ms": min(times)}
+
+
+def run_detection(args):
+    plan = {row: ("detect-keras", backend) for row, backend in DETECTION_ROWS.items()}
+    plan["torch eager (reference)"] = ("detect-torch", "tensorflow")
+    runs = {row: [] for row in plan}
+    for _ in range(args.rounds):
+        for row, (worker, backend) in plan.items():
+            params = (backend,) if worker == "detect-keras" else ()
+            runs[row].append(run_worker(args, 1, worker, *params, backend=backend))
+    rows = {row: _combine(results) for row, results in runs.items()}
+    eager = _ms(rows, "torch eager (reference)")
+    print(f"\nNext-ViT-{args.variant[0].upper()} + Mask R-CNN, detect end to end on a "
+          f"{args.size}x{args.width} image, score_thr {args.score_thr}, batch 1; {_cpu_model()}, "
+          f"{os.cpu_count()} CPUs; median and min of {args.repeats} runs after {args.warmup} warm-up "
+          f"runs, one process each" + (f"; median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
+    print(f"{'configuration':<28}{'median ms':>10}{'min ms':>9}{'/ eager':>9}")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:<28}  failed: {r['error']}")
+            continue
+        extra = ""
+        if "first_call_s" in r:
+            extra = f"  (first call {r['first_call_s']:.1f} s, {r.get('detections', '?')} detections)"
+        ratio = f"{r['median_ms'] / eager:>9.2f}" if eager else f"{'-':>9}"
+        print(f"{name:<28}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}{ratio}{extra}")
+    keras_rows = [(_ms(rows, row), row) for row in DETECTION_ROWS if _ms(rows, row)]
+    if eager and keras_rows:
+        ms, name = min(keras_rows)
+        ratio = ms / eager
+        print(f"bar: best Keras backend ({name}) / torch eager = {ratio:.2f} "
+              f"({'meets' if ratio <= 1.0 else 'misses'} <= 1.0)")
+
+
 def _predict_latency(model, x, args):
     """Median latency of ``model.predict_on_batch(x)``; the first call
     (tracing and compiling) is timed apart."""
@@ -369,6 +457,8 @@ WORKERS = {
     "torch-train": work_torch_train,
     "backend": work_backend,
     "peak": work_peak,
+    "detect-keras": work_detect_keras,
+    "detect-torch": work_detect_torch,
 }
 
 # backends rows: row -> (KERAS_BACKEND, worker parameters)
@@ -392,6 +482,8 @@ def run_worker(args, batch, name, *params, backend="tensorflow"):
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
         "--task", args.task, "--head", args.head,
     ]
+    if args.task == "detection":
+        cmd += ["--width", str(args.width), "--score-thr", str(args.score_thr)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
     env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -461,6 +553,8 @@ def main(argv=None):
         print(json.dumps(WORKERS[name](args, *params) if params else WORKERS[name](args)))
         return
     args = parse(argv)
+    if args.task == "detection":
+        return run_detection(args)
     groups = set(args.only or ["keras", "exports", "torch"])
 
     table = []
@@ -580,6 +674,8 @@ def _combine(results):
         combined["first_call_s"] = statistics.median(r["first_call_s"] for r in ok)
     if "cosine_vs_fp32_arithmetic" in ok[0]:
         combined["cosine_vs_fp32_arithmetic"] = min(r["cosine_vs_fp32_arithmetic"] for r in ok)
+    if "detections" in ok[0]:
+        combined["detections"] = ok[0]["detections"]
     return combined
 
 
@@ -651,11 +747,15 @@ def report_segmentation_bar(batch, rows):
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="classification",
-                        choices=["classification", "segmentation"])
+                        choices=["classification", "segmentation", "detection"])
     parser.add_argument("--head", default="fpn", choices=["fpn", "upernet"],
                         help="the segmenter's head (--task segmentation)")
     parser.add_argument("--variant", default="small", choices=["small", "base", "large"])
-    parser.add_argument("--size", type=int, help="image size (default: 224; segmentation 512)")
+    parser.add_argument("--size", type=int,
+                        help="image size (default: 224; segmentation 512; detection: the height, 800)")
+    parser.add_argument("--width", type=int, default=1216, help="the image width (--task detection)")
+    parser.add_argument("--score-thr", type=float, default=0.0,
+                        help="detect's score threshold (--task detection)")
     parser.add_argument("--batch", type=int, nargs="+",
                         help="batch sizes (default: 1 8; segmentation 1)")
     parser.add_argument("--warmup", type=int, default=5)
@@ -669,7 +769,7 @@ def parse(argv):
     args = parser.parse_args(argv)
     segmentation = args.task == "segmentation"
     if args.size is None:
-        args.size = 512 if segmentation else 224
+        args.size = {"segmentation": 512, "detection": 800}.get(args.task, 224)
     if args.batch is None:
         args.batch = [1] if segmentation else [1, 8]
     return args

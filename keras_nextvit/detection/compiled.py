@@ -44,10 +44,21 @@ def compiled(static=()):
     return wrap
 
 
-def call_layer(layer, *args):
+def call_layer(layer, *args, graph=False):
     """``layer(*args)`` for inference; on JAX one compiled function per
-    layer (and input shape), its weights passed in as arguments."""
-    if not _is_jax():
+    layer (and input shape), its weights passed in as arguments; on
+    TensorFlow with ``graph`` one traced graph per input shape (worth its
+    tracing for the backbone: 3.0 -> 2.2 s for Next-ViT-S at 800x1216)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and graph:
+        function = _LAYER_FUNCTIONS.get(layer)
+        if function is None:
+            import tensorflow as tf
+
+            function = tf.function(lambda *inputs: layer(*inputs, training=False))
+            _LAYER_FUNCTIONS[layer] = function
+        return function(*args)
+    if backend != "jax":
         return layer(*args)
     function = _LAYER_FUNCTIONS.get(layer)
     if function is None:

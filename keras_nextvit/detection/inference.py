@@ -82,8 +82,9 @@ def _head(layer, feats, step=64):
 
 
 def _dense(detector, images):
-    """The backbone, FPN and RPN head on a batch (compiled whole on JAX)."""
-    return call_layer(detector, images)
+    """The backbone, FPN and RPN head on a batch (compiled whole on JAX, a
+    traced graph on TensorFlow)."""
+    return call_layer(detector, images, graph=True)
 
 
 def _image_shape(shape):
