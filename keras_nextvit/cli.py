@@ -7,6 +7,7 @@
     keras-nextvit segment IMAGE --weights CKPT --head fpn -o overlay.png
     keras-nextvit detect IMAGE --weights CKPT --variant small -o out.png --json out.json
     keras-nextvit info --segmentation  # the segmenters' parameters and FLOPs at 512x2048
+    keras-nextvit info --detection     # the detectors' parameters and FLOPs at 1280x800
     keras-nextvit hub-preset SRC DIR   # preset name or checkpoint -> keras-hub preset folder
 """
 
@@ -39,12 +40,37 @@ def _info_segmentation():
     print("upstream FLOPs counter); paper: the upstream README.")
 
 
+def _info_detection():
+    from . import flops
+    from .detection.model import PUBLISHED, PUBLISHED_GFLOPS, PUBLISHED_PARAMS_M, NextViTMaskRCNN
+
+    print(f"{'detector':<26}{'params':>13}{'paper':>8}{'GMACs@1280x800':>16}{'no attn':>9}"
+          f"{'paper GFLOPs':>14}{'box/mask mAP 1x, 3x':>24}")
+    for variant in ("small", "base", "large"):
+        detector = NextViTMaskRCNN(variant)
+        params = flops.trainable_parameters(detector)
+        macs = flops.count_detector_macs(detector) / 1e9
+        plain = flops.count_detector_macs(detector, attention=False) / 1e9
+        one, three = PUBLISHED[(variant, "1x")], PUBLISHED[(variant, "3x")]
+        maps = f"{one[0]}/{one[1]}, {three[0]}/{three[1]}"
+        label = f"Next-ViT-{variant[0].upper()} + Mask R-CNN"
+        print(f"{label:<26}{params:>13,}{PUBLISHED_PARAMS_M[variant]:>7}M{macs:>16.1f}{plain:>9.1f}"
+              f"{PUBLISHED_GFLOPS[variant]:>14}{maps:>24}")
+    print("\nparams: trainable parameters of the detector (the checkpoints' unused norm and ImageNet")
+    print("classifier not counted; the paper's figure counts them with the stem and stage 1 frozen);")
+    print("GMACs: one 1280x800 (height x width) image as mmdet's get_flops.py runs it: backbone, FPN,")
+    print("RPN head on five levels, box head on 1000 RoIs, mask head on 100 ('no attn': without the")
+    print("attention products, the convention of the upstream counter); paper: the upstream README.")
+
+
 def _info(args):
     from . import flops, presets
     from .model import NextViT
 
     if args.segmentation:
         return _info_segmentation()
+    if args.detection:
+        return _info_detection()
 
     print(f"{'variant':<11}{'depths':<16}{'params':>13}{'paper':>8}{'GMACs@224':>11}{'paper':>7}"
           f"{'top-1 224/384 (paper)':>24}")
@@ -280,6 +306,8 @@ def build_parser():
     info = commands.add_parser("info", help="variants, parameter and MAC counts vs the paper, presets")
     info.add_argument("--segmentation", action="store_true",
                       help="the segmenters (FPN, UperNet): parameters, FLOPs at 512x2048, mIoU")
+    info.add_argument("--detection", action="store_true",
+                      help="the Mask R-CNN detectors: parameters, FLOPs at 1280x800, box/mask mAP")
     info.set_defaults(run=_info)
 
     seg = commands.add_parser("segment", help="segment an image (ADE20K classes) and save an overlay")

@@ -12,6 +12,7 @@ import math
 import keras
 
 from .layers import MHCA, MLP, NCB, NTB, ConvBNReLU, EfficientMHSA, PatchEmbed
+from .naming import stage_block_names
 
 
 def trainable_parameters(model):
@@ -190,3 +191,45 @@ def count_segmenter_macs(model, input_size=(512, 2048), attention=True, auxiliar
     if auxiliary and "auxiliary_head" in names:
         macs += _decode_head_macs(model.get_layer("auxiliary_head"), [features[2]])
     return macs
+
+
+# ------------------------------------------------------------ detectors
+
+
+def count_detector_macs(detector, input_size=(1280, 800), attention=True, num_rois=1000,
+                        num_mask_rois=100):
+    """Multiply-accumulates of one image through a Mask R-CNN as mmdet's
+    ``get_flops.py`` runs it (``forward_dummy``): backbone, FPN neck, the
+    RPN head on all five levels, the box head on ``num_rois`` RoIs and the
+    mask head on ``num_mask_rois`` (mmdet's 1000 random proposals, of which
+    the first 100 go to the mask head). ``input_size`` is ``(height, width)``;
+    mmdet's default ``--shape 1280 800`` is a 1280-high, 800-wide image."""
+    backbone = detector.backbone
+    stage_names = stage_block_names(backbone)
+    macs, shapes = 0, {}
+    for layer, shape in _layers_with_input_shapes(backbone, input_size):
+        macs += _layer_macs(layer, shape, attention)
+        if layer.name in stage_names:
+            shapes[layer.name] = tuple(layer.compute_output_shape(shape))
+    features = [shapes[n] for n in stage_names]
+    neck_macs, pyramid = _fpn_neck_macs(detector.neck, features)
+    macs += neck_macs
+    for _ in range(detector.neck.num_outs - detector.neck.num_levels):  # P6: max-pooling, no MACs
+        n, h, w, c = pyramid[-1]
+        pyramid.append((n, (h + 1) // 2, (w + 1) // 2, c))
+    rpn = detector.rpn_head
+    channels = pyramid[0][-1]
+    for shape in pyramid:
+        positions = _positions(shape)
+        macs += positions * channels * rpn.feat_channels * 9
+        macs += positions * rpn.feat_channels * rpn.num_anchors * 5  # cls (A) and reg (4A)
+    head = detector.bbox_head
+    flat = 7 * 7 * channels
+    per_roi = flat * head.fc_channels + head.fc_channels**2
+    per_roi += head.fc_channels * (head.num_classes + 1 + 4 * head.num_classes)
+    macs += num_rois * per_roi
+    mask = detector.mask_head
+    per_mask = mask.num_convs * 14 * 14 * mask.channels * mask.channels * 9
+    per_mask += 14 * 14 * mask.channels * mask.channels * 4  # the 2x2 stride-2 transposed conv
+    per_mask += 28 * 28 * mask.channels * mask.num_classes
+    return macs + num_mask_rois * per_mask

@@ -149,3 +149,12 @@ def test_detect_command_bad_input_has_no_traceback(tmp_path, capsys):
     assert cli.main(["detect", str(SAMPLE_IMAGE), "--weights", str(seg)]) == 2
     err = capsys.readouterr().err
     assert "segmentation model (Next-ViT-S + Semantic FPN" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_info_detection_prints_sizes_and_flops(capsys):
+    assert cli.main(["info", "--detection"]) == 0
+    out = capsys.readouterr().out
+    for count in ("51,124,912", "64,180,400", "77,235,888", "289.0", "339.3", "389.6"):
+        assert count in out
+    assert "45.9/41.8, 48.0/43.2" in out

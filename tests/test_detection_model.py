@@ -10,8 +10,9 @@ import pytest
 from conftest import DATA, synthetic_checkpoint
 
 import keras_nextvit
-from keras_nextvit import synthetic, weights
+from keras_nextvit import flops, synthetic, weights
 from keras_nextvit.detection import NextViTMaskRCNN, roi_align
+from keras_nextvit.detection.model import PUBLISHED_GFLOPS
 from keras_nextvit.finetune import freeze_stages
 
 DET_DATA = DATA / "detection"
@@ -60,6 +61,12 @@ def test_parameter_counts(variant, small):
     finally:
         keras_nextvit.unfreeze(detector.backbone)
     assert round((trainable + unused) / 1e6, 2) == FROZEN_COUNT_M[variant]
+
+    # MACs at 1280x800 as mmdet's get_flops.py counts them (no attention
+    # products), against the upstream README's GFLOPs: within 0.5%
+    plain = flops.count_detector_macs(detector, (1280, 800), attention=False) / 1e9
+    assert abs(plain / PUBLISHED_GFLOPS[variant] - 1) < 0.005, plain
+    assert flops.count_detector_macs(detector, (1280, 800)) / 1e9 > plain + 10  # + attention
 
 
 def test_save_and_load_round_trip(tmp_path):

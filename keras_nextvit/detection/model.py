@@ -41,6 +41,10 @@ PUBLISHED = {
     ("base", "3x"): (49.5, 44.4),
     ("large", "3x"): (50.2, 44.8),
 }
+# Parameters (M) and GFLOPs at 1280x800 that the upstream README reports
+# (mmcv's counter: trainable tensors with frozen_stages=1, no attention products).
+PUBLISHED_PARAMS_M = {"small": 51.8, "base": 64.9, "large": 77.9}
+PUBLISHED_GFLOPS = {"small": 290, "base": 340, "large": 391}
 # Stochastic depth of the upstream detection backbones.
 DROP_PATH_RATE = 0.2
 FPN_CHANNELS = 256
@@ -174,4 +178,7 @@ def NextViTMaskRCNN(variant="small", num_classes=80, weights=None, backbone_weig
     return detector
 
 
-__all__ = ["MaskRCNN", "NextViTMaskRCNN", "PUBLISHED", "TEST_CFG", "build_backbone"]
+__all__ = [
+    "MaskRCNN", "NextViTMaskRCNN", "PUBLISHED", "PUBLISHED_GFLOPS", "PUBLISHED_PARAMS_M", "TEST_CFG",
+    "build_backbone",
+]
