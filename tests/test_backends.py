@@ -34,7 +34,7 @@ def test_parity_on_backend(backend, module):
         [
             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
             str(HERE / "test_parity.py"), str(HERE / "test_segmentation_parity.py"),
-            str(HERE / "test_detection_parity.py"),
+            str(HERE / "test_detection_parity.py"), str(HERE / "test_detection_ops.py"),
         ],
         env=env,
         capture_output=True,
