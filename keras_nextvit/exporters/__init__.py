@@ -212,6 +212,32 @@ def check_request(path, format="tflite", quantize="none", representative_data=No
     return None
 
 
+def _export_detector(detector, path, format, quantize, merge_bn, input_size, verification_data,
+                     verify_export):
+    """A Mask R-CNN to one ONNX graph (see :mod:`.detection`), verified on
+    ``verification_data`` (uint8 images; default: two synthetic photos)."""
+    from . import detection
+
+    if format != "onnx":
+        raise ValueError(
+            f"A detector exports to ONNX (format='onnx'); {format!r} is not supported for detectors yet."
+        )
+    if quantize != "none":
+        raise ValueError(f"A detector exports in float32 only (quantize='none'), got {quantize!r}.")
+    size = detection.check_image_size(input_size or (800, 1216))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    detection.export_detector_onnx(detector, path, size, merge_bn)
+    if not verify_export:
+        return None
+    runner = detection.DetectorRunner(path)
+    if verification_data is None:
+        rng = np.random.default_rng(1234)
+        verification_data = [rng.integers(0, 256, (size[0] - 13, size[1] - 29, 3), dtype=np.uint8)
+                             for _ in range(2)]
+    return detection.verify_detector(detector, runner, list(verification_data), path)
+
+
 def export(
     model,
     path,
@@ -231,7 +257,10 @@ def export(
     Args:
         model: a Next-ViT Keras model (any head; multi-output models too)
             or a segmenter (:func:`keras_nextvit.NextViTSegmenter`; the report
-            then counts top-1 agreement per pixel).
+            then counts top-1 agreement per pixel), or a detector
+            (:func:`keras_nextvit.NextViTMaskRCNN`: ONNX only, for a fixed
+            padded ``input_size`` (height, width), default (800, 1216); a
+            :class:`~.detection.DetectionExportReport` on uint8 images).
         path: output file (``.tflite``, ``.onnx``, ``.xml`` for OpenVINO,
             ``.plan``) or folder (SavedModel, TF-TRT).
         format: ``saved_model``, ``tflite``, ``onnx``, ``openvino`` or
@@ -257,6 +286,9 @@ def export(
         arithmetic (AVX512-BF16, AMX) its ``variants["bf16"]`` reports the
         same file run in bfloat16.
     """
+    if hasattr(model, "rpn_head") and hasattr(model, "torch_parts"):  # a Mask R-CNN
+        return _export_detector(model, path, format, quantize, merge_bn, input_size, verification_data,
+                                verify_export)
     route = check_request(path, format, quantize, representative_data, uint8_input)
     deploy = _fixed_size_model(model, input_size, merge_bn)
     shape = tuple(deploy.inputs[0].shape[1:])

@@ -1,0 +1,98 @@
+"""The detector as one ONNX graph (keras_nextvit.exporters.detection), run in
+ONNX Runtime.
+
+The post-processing graph (ONNX's TopK, NonMaxSuppression and RoiAlign, the
+heads as Gemm/Conv) is checked on the golden cases' own stored raw outputs:
+it must give the reference's proposals, low-threshold detections and mask
+probabilities, and with them the pasted masks. The dense part is tf2onnx's
+conversion of the Keras layers (tests/test_export.py checks it for the
+classifier); the whole export is checked on a tiny detector against the
+Keras detector through keras_nextvit.export's report.
+"""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+from conftest import DATA, assert_close, golden
+
+pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import helper  # noqa: E402
+
+import keras_nextvit  # noqa: E402
+from keras_nextvit import synthetic  # noqa: E402
+from keras_nextvit.detection import paste_masks  # noqa: E402
+from keras_nextvit.exporters import detection as export_lib  # noqa: E402
+
+CASES = ["det_maskrcnn_small_128x192", "det_maskrcnn_small_128x128_rescale"]
+TINY = (1, 1, 5, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def detector():
+    keys = json.loads((DATA / "detection" / "det_maskrcnn_small.keys.json").read_text())
+    model = keras_nextvit.NextViTMaskRCNN("small")
+    keras_nextvit.load_torch_weights(model, synthetic.synthetic_state_dict([(n, tuple(s)) for n, s in keys]))
+    return model
+
+
+def run_post_processing(d, score_thr):
+    height, width = (int(v) for v in d["pad_shape"])
+    graph, names = export_lib.post_processing_graph(detector(), (height, width))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", export_lib.OPSET)])
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"img_shape": d["img_shapes"][0][:2].astype(np.float32),
+            "scale_factor": d["scale_factors"][0].astype(np.float32),
+            "score_thr": np.array(score_thr, np.float32)}
+    for name in names:
+        if name not in feed:
+            feed[name] = np.ascontiguousarray(d[name].transpose(0, 2, 3, 1))
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_post_processing_graph_replays_the_reference(case):
+    d = golden(f"detection/{case}")
+    out = run_post_processing(d, float(d["low_score_thr"]))
+    assert out["proposals"].shape == d["proposals"].shape
+    assert_close(out["proposals"], d["proposals"], 1e-4, "proposals")
+    assert len(out["boxes"]) == int(d["low_det_counts"][0])
+    assert_close(out["boxes"], d["low_det_bboxes"][:, :4], 1e-4, "boxes")
+    assert_close(out["scores"], d["low_det_bboxes"][:, 4], 1e-4, "scores")
+    np.testing.assert_array_equal(out["labels"], d["low_det_labels"])
+    assert_close(out["mask_probs"], d["low_mask_probs"], 1e-4, "mask_probs")
+    scale = d["scale_factors"][0]
+    masks = np.asarray(paste_masks(out["mask_probs"], (out["boxes"] * scale) / scale, d["ori_shapes"][0][:2]))
+    wrong = (masks != d["low_masks_img0"]) & ~d["low_masks_ambiguous_img0"]
+    assert not wrong.any(), f"{int(wrong.sum())} mask pixels differ"
+    # the published threshold: no detections, empty outputs of the right shapes
+    published = run_post_processing(d, 0.05)
+    assert published["boxes"].shape == (0, 4) and published["mask_probs"].shape == (0, 28, 28)
+
+
+@pytest.mark.slow
+def test_export_of_a_tiny_detector_agrees_with_keras(tmp_path):
+    model = keras_nextvit.NextViTMaskRCNN(TINY, num_classes=5, test_cfg={"rcnn": {"score_thr": 0.0}})
+    path = tmp_path / "detector.onnx"
+    report = keras_nextvit.export(model, path, format="onnx", input_size=(64, 96))
+    assert report.images == 2 and report.keras_detections == 200
+    assert report.match_rate == 1.0 and report.min_box_iou > 0.99
+    assert report.max_score_error < 1e-4 and report.mask_agreement > 0.999
+    assert "matched (100.0%)" in str(report)
+    runner = export_lib.DetectorRunner(path)
+    with pytest.raises(ValueError, match=r"takes at most 64x96"):
+        runner(np.zeros((200, 300, 3), np.uint8))
+
+
+def test_detector_export_requests():
+    model = keras_nextvit.NextViTMaskRCNN(TINY, num_classes=3)
+    with pytest.raises(ValueError, match=r"detector exports to ONNX"):
+        keras_nextvit.export(model, "x.tflite", format="tflite")
+    with pytest.raises(ValueError, match=r"float32 only"):
+        keras_nextvit.export(model, "x.onnx", format="onnx", quantize="int8")
+    with pytest.raises(ValueError, match=r"multiples of 32"):
+        keras_nextvit.export(model, "x.onnx", format="onnx", input_size=(100, 96))
