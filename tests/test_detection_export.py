@@ -39,25 +39,39 @@ def detector():
     return model
 
 
-def run_post_processing(d, score_thr):
+def run_post_processing(d, score_thr, runtime="onnxruntime", folder=None):
     height, width = (int(v) for v in d["pad_shape"])
     graph, names = export_lib.post_processing_graph(detector(), (height, width))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", export_lib.OPSET)])
     onnx.checker.check_model(model)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    if runtime == "openvino":
+        import openvino as ov
+
+        path = folder / "post.onnx"
+        onnx.save(model, str(path))
+        ov.save_model(ov.convert_model(str(path)), str(folder / "post.xml"), compress_to_fp16=False)
+        run = export_lib._session(folder / "post.xml", None)[0]
+    else:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+        def run(feed):
+            return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
     feed = {"img_shape": d["img_shapes"][0][:2].astype(np.float32),
             "scale_factor": d["scale_factors"][0].astype(np.float32),
             "score_thr": np.array(score_thr, np.float32)}
     for name in names:
         if name not in feed:
             feed[name] = np.ascontiguousarray(d[name].transpose(0, 2, 3, 1))
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+    return run(feed)
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("case", CASES)
-def test_post_processing_graph_replays_the_reference(case):
+def test_post_processing_graph_replays_the_reference(case, runtime, tmp_path):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
     d = golden(f"detection/{case}")
-    out = run_post_processing(d, float(d["low_score_thr"]))
+    out = run_post_processing(d, float(d["low_score_thr"]), runtime, tmp_path)
     assert out["proposals"].shape == d["proposals"].shape
     assert_close(out["proposals"], d["proposals"], 1e-4, "proposals")
     assert len(out["boxes"]) == int(d["low_det_counts"][0])
@@ -70,7 +84,7 @@ def test_post_processing_graph_replays_the_reference(case):
     wrong = (masks != d["low_masks_img0"]) & ~d["low_masks_ambiguous_img0"]
     assert not wrong.any(), f"{int(wrong.sum())} mask pixels differ"
     # the published threshold: no detections, empty outputs of the right shapes
-    published = run_post_processing(d, 0.05)
+    published = run_post_processing(d, 0.05, runtime, tmp_path)
     assert published["boxes"].shape == (0, 4) and published["mask_probs"].shape == (0, 28, 28)
 
 
@@ -88,9 +102,23 @@ def test_export_of_a_tiny_detector_agrees_with_keras(tmp_path):
         runner(np.zeros((200, 300, 3), np.uint8))
 
 
+@pytest.mark.slow
+def test_openvino_export_of_a_tiny_detector(tmp_path):
+    """OpenVINO runs the same graph (weights kept in float32: its default
+    float16 storage moves the anchors and a random detector's near-tied
+    detections, every class scoring ~1/6), in float32 arithmetic."""
+    pytest.importorskip("openvino")
+    model = keras_nextvit.NextViTMaskRCNN(TINY, num_classes=5, test_cfg={"rcnn": {"score_thr": 0.0}})
+    path = tmp_path / "detector.xml"
+    report = keras_nextvit.export(model, path, format="openvino", input_size=(64, 96))
+    assert report.format == "openvino" and report.file_size_bytes > 50 * 2**20  # .xml + .bin
+    assert report.match_rate == 1.0 and report.min_box_iou > 0.99
+    assert report.max_score_error < 1e-4 and report.mask_agreement > 0.999
+
+
 def test_detector_export_requests():
     model = keras_nextvit.NextViTMaskRCNN(TINY, num_classes=3)
-    with pytest.raises(ValueError, match=r"detector exports to ONNX"):
+    with pytest.raises(ValueError, match=r"detector exports to ONNX \(format='onnx'\) or OpenVINO"):
         keras_nextvit.export(model, "x.tflite", format="tflite")
     with pytest.raises(ValueError, match=r"float32 only"):
         keras_nextvit.export(model, "x.onnx", format="onnx", quantize="int8")

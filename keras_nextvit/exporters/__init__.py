@@ -218,16 +218,20 @@ def _export_detector(detector, path, format, quantize, merge_bn, input_size, ver
     ``verification_data`` (uint8 images; default: two synthetic photos)."""
     from . import detection
 
-    if format != "onnx":
+    if format not in ("onnx", "openvino"):
         raise ValueError(
-            f"A detector exports to ONNX (format='onnx'); {format!r} is not supported for detectors yet."
+            f"A detector exports to ONNX (format='onnx') or OpenVINO (format='openvino'); {format!r} "
+            "is not supported for detectors yet."
         )
     if quantize != "none":
         raise ValueError(f"A detector exports in float32 only (quantize='none'), got {quantize!r}.")
     size = detection.check_image_size(input_size or (800, 1216))
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    detection.export_detector_onnx(detector, path, size, merge_bn)
+    if format == "onnx":
+        detection.export_detector_onnx(detector, path, size, merge_bn)
+    else:
+        detection.export_detector_openvino(detector, path, size, merge_bn)
     if not verify_export:
         return None
     runner = detection.DetectorRunner(path)
@@ -235,7 +239,7 @@ def _export_detector(detector, path, format, quantize, merge_bn, input_size, ver
         rng = np.random.default_rng(1234)
         verification_data = [rng.integers(0, 256, (size[0] - 13, size[1] - 29, 3), dtype=np.uint8)
                              for _ in range(2)]
-    return detection.verify_detector(detector, runner, list(verification_data), path)
+    return detection.verify_detector(detector, runner, list(verification_data), path, format)
 
 
 def export(
@@ -258,7 +262,7 @@ def export(
         model: a Next-ViT Keras model (any head; multi-output models too)
             or a segmenter (:func:`keras_nextvit.NextViTSegmenter`; the report
             then counts top-1 agreement per pixel), or a detector
-            (:func:`keras_nextvit.NextViTMaskRCNN`: ONNX only, for a fixed
+            (:func:`keras_nextvit.NextViTMaskRCNN`: ONNX or OpenVINO, for a fixed
             padded ``input_size`` (height, width), default (800, 1216); a
             :class:`~.detection.DetectionExportReport` on uint8 images).
         path: output file (``.tflite``, ``.onnx``, ``.xml`` for OpenVINO,

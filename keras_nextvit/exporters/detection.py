@@ -351,22 +351,74 @@ def export_detector_onnx(detector, path, image_size=(800, 1216), merge_bn=True):
     return merged
 
 
+def export_detector_openvino(detector, path, image_size=(800, 1216), merge_bn=True):
+    """The ONNX graph of :func:`export_detector_onnx` converted to OpenVINO
+    IR (``.xml`` + ``.bin``)."""
+    import os
+    import tempfile
+
+    from . import openvino as openvino_export
+
+    path = openvino_export.check_path(path)
+    ov = openvino_export.require()
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = os.path.join(folder, "detector.onnx")
+        export_detector_onnx(detector, onnx_path, image_size, merge_bn)
+        with openvino_export.no_telemetry():
+            converted = ov.convert_model(onnx_path)
+        ov.save_model(converted, str(path), compress_to_fp16=False)  # anchors, coordinates: float32
+    return converted
+
+
+def _session(path, threads):
+    """``(run(feed) -> {name: array}, input shape)`` for an ``.onnx`` file
+    (ONNX Runtime) or an OpenVINO ``.xml`` (float32 arithmetic, as the
+    verification needs: OpenVINO would use bfloat16 on CPUs that have it)."""
+    if str(path).endswith(".xml"):
+        from . import openvino as openvino_export
+
+        ov = openvino_export.require()
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        names = {}
+        for output in compiled.outputs:
+            name = next((n for n in OUTPUTS if n in output.get_names()), None)
+            if name:
+                names[output] = name
+        images = [i for i in compiled.inputs if "images" in i.get_names()]
+        shape = [int(d) for d in images[0].get_partial_shape().to_shape()] if images else None
+
+        def run(feed):
+            result = compiled(feed)
+            return {name: np.asarray(result[output]) for output, name in names.items()}
+
+        return run, shape
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("Running ONNX models needs onnxruntime (pip install onnxruntime).") from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+
+    def run(feed):
+        return dict(zip(output_names, session.run(None, feed)))
+
+    return run, session.get_inputs()[0].shape
+
+
 class DetectorRunner:
-    """An exported detector (``.onnx`` in ONNX Runtime) with the interface of
-    :func:`keras_nextvit.detect`: ``runner(images, score_thr=None)``."""
+    """An exported detector (``.onnx`` in ONNX Runtime, ``.xml`` in
+    OpenVINO) with the interface of :func:`keras_nextvit.detect`:
+    ``runner(images, score_thr=0.05)``."""
 
     def __init__(self, path, threads=None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError("Running ONNX models needs onnxruntime (pip install onnxruntime).") from None
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        shape = self.session.get_inputs()[0].shape
+        self._run, shape = _session(path, threads)
         self.image_size = (int(shape[1]), int(shape[2]))
-        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def raw(self, image, img_shape, scale_factor, score_thr=0.05):
         """The graph's outputs for one padded, normalised ``(1, H, W, 3)`` image."""
@@ -376,7 +428,7 @@ class DetectorRunner:
             "scale_factor": np.asarray(scale_factor, np.float32),
             "score_thr": np.asarray(score_thr, np.float32),
         }
-        return dict(zip(self.output_names, self.session.run(None, feed)))
+        return self._run(feed)
 
     def __call__(self, images, score_thr=0.05, scale=(1333, 800)):
         """Detect in one image or a list (mmdet's test pipeline on the host,
@@ -505,8 +557,11 @@ def verify_detector(detector, runner, images, path, fmt="onnx", repeats=3):
             times.append((time.perf_counter() - start) * 1e3)
         return float(np.median(times))
 
+    size = os.path.getsize(path)
+    if str(path).endswith(".xml") and os.path.exists(os.path.splitext(str(path))[0] + ".bin"):
+        size += os.path.getsize(os.path.splitext(str(path))[0] + ".bin")  # OpenVINO's weights
     return DetectionExportReport(
-        format=fmt, path=str(path), file_size_bytes=os.path.getsize(path),
+        format=fmt, path=str(path), file_size_bytes=size,
         image_size=tuple(runner.image_size), images=len(images), keras_detections=totals["keras"],
         export_detections=totals["export"], matched=totals["matched"], min_box_iou=min_iou,
         max_score_error=score_error,
@@ -516,4 +571,5 @@ def verify_detector(detector, runner, images, path, fmt="onnx", repeats=3):
     )
 
 
-__all__ = ["DetectionExportReport", "DetectorRunner", "compare_detections", "verify_detector", "OPSET", "OUTPUTS", "dense_model", "export_detector_onnx", "post_processing_graph"]
+__all__ = ["DetectionExportReport", "DetectorRunner", "compare_detections", "export_detector_openvino",
+           "verify_detector", "OPSET", "OUTPUTS", "dense_model", "export_detector_onnx", "post_processing_graph"]
