@@ -60,8 +60,10 @@ tests/data/detection (the same on both sides), at --score-thr 0 by default
 so that 100 detections reach the mask head and pasting (at 0.05 the
 synthetic weights keep none): the Keras detector on each backend, and the
 PyTorch reference (tools/torch_reference_detection.py) eagerly on the
-normalised image. Bar (issue #23): the best Keras backend <= 1.0 x the
-reference's eager time. (The exports' rows come with the detector's export.)
+normalised image; and the detector exported (``keras_nextvit.export``, one
+ONNX graph, BatchNorm merged) in ONNX Runtime and OpenVINO (float32), the
+same pipeline around it. Bars (issue #23): the best Keras backend <= 1.0 x
+and the best export <= 0.8 x the reference's eager time.
 
 Artifacts are named by task, head, variant and size
 (``seg_{head}_nextvit_{variant}_{size}_b{batch}_*``). Bar: our best float
@@ -331,6 +333,32 @@ def work_detect_keras(args, backend):
     return result
 
 
+def work_detect_export(args, fmt, path):
+    """Export the detector (synthetic weights) for the benchmark's image."""
+    import keras_nextvit
+
+    detector = keras_nextvit.NextViTMaskRCNN(args.variant, weights=_detection_weights(args.variant))
+    keras_nextvit.export(detector, path, format=fmt, input_size=(args.size, args.width), verify_export=False)
+    return {"size_mb": _artifact_mb(path)}
+
+
+def work_detect_runtime(args, path):
+    """The exported detector (ONNX Runtime or OpenVINO) on the same photo,
+    through the same test pipeline (masks pasted on the host)."""
+    import numpy as np
+
+    from keras_nextvit.exporters.detection import DetectorRunner
+
+    runner = DetectorRunner(path)
+    image = np.random.default_rng(0).integers(0, 256, (args.size, args.width, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    first = runner(image, args.score_thr)
+    first_s = time.perf_counter() - start
+    result = _median_ms(lambda _: runner(image, args.score_thr), None, args.warmup, args.repeats)
+    result.update(first_call_s=first_s, detections=len(first["scores"]))
+    return result
+
+
 def work_detect_torch(args):
     sys.path.insert(0, HERE)
     import torch_reference_detection as ref
@@ -341,12 +369,27 @@ def work_detect_torch(args):
 
 
 def run_detection(args):
-    plan = {row: ("detect-keras", backend) for row, backend in DETECTION_ROWS.items()}
-    plan["torch eager (reference)"] = ("detect-torch", "tensorflow")
+    groups = set(args.only or ["keras", "exports", "torch"])
+    plan = {}
+    if "keras" in groups:
+        plan.update({row: ("detect-keras", backend) for row, backend in DETECTION_ROWS.items()})
+    if "exports" in groups:
+        os.makedirs(args.artifacts, exist_ok=True)
+        name = f"det_nextvit_{args.variant}_{args.size}x{args.width}"
+        for row, fmt, suffix in (("onnx ORT", "onnx", ".onnx"), ("openvino", "openvino", ".xml")):
+            path = os.path.join(args.artifacts, name + suffix)
+            if not os.path.exists(path) or args.rebuild:
+                print(f"building {path} ...", file=sys.stderr, flush=True)
+                built = run_worker(args, 1, "detect-export", fmt, path)
+                if "error" in built:
+                    print(f"  failed: {built['error']}", file=sys.stderr)
+                    continue
+            plan[row] = ("detect-runtime", path)
+    plan["torch eager (reference)"] = ("detect-torch",)
     runs = {row: [] for row in plan}
     for _ in range(args.rounds):
-        for row, (worker, backend) in plan.items():
-            params = (backend,) if worker == "detect-keras" else ()
+        for row, (worker, *params) in plan.items():
+            backend = params[0] if worker == "detect-keras" else "tensorflow"
             runs[row].append(run_worker(args, 1, worker, *params, backend=backend))
     rows = {row: _combine(results) for row, results in runs.items()}
     eager = _ms(rows, "torch eager (reference)")
@@ -364,12 +407,13 @@ def run_detection(args):
             extra = f"  (first call {r['first_call_s']:.1f} s, {r.get('detections', '?')} detections)"
         ratio = f"{r['median_ms'] / eager:>9.2f}" if eager else f"{'-':>9}"
         print(f"{name:<28}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}{ratio}{extra}")
-    keras_rows = [(_ms(rows, row), row) for row in DETECTION_ROWS if _ms(rows, row)]
-    if eager and keras_rows:
-        ms, name = min(keras_rows)
-        ratio = ms / eager
-        print(f"bar: best Keras backend ({name}) / torch eager = {ratio:.2f} "
-              f"({'meets' if ratio <= 1.0 else 'misses'} <= 1.0)")
+    for rows_of, what, bar in ((DETECTION_ROWS, "Keras backend", 1.0), (("onnx ORT", "openvino"), "export", 0.8)):
+        timed = [(_ms(rows, row), row) for row in rows_of if _ms(rows, row)]
+        if eager and timed:
+            ms, name = min(timed)
+            ratio = ms / eager
+            print(f"bar: best {what} ({name}) / torch eager = {ratio:.2f} "
+                  f"({'meets' if ratio <= bar else 'misses'} <= {bar})")
 
 
 def _predict_latency(model, x, args):
@@ -459,6 +503,8 @@ WORKERS = {
     "peak": work_peak,
     "detect-keras": work_detect_keras,
     "detect-torch": work_detect_torch,
+    "detect-export": work_detect_export,
+    "detect-runtime": work_detect_runtime,
 }
 
 # backends rows: row -> (KERAS_BACKEND, worker parameters)
