@@ -180,6 +180,7 @@ SECONDS = {
     "test_cli.py": 119,
     "test_tutorials.py::test_tutorial_runs::05_segmentation": 110,
     "test_tutorials.py::test_tutorial_runs::06_keras_hub": 84,
+    "test_tutorials.py::test_tutorial_runs::07_detection": 80,
     "test_weights.py": 80,
     "test_export_openvino.py": 77,
     "test_segmentation_model.py": 77,

@@ -22,6 +22,9 @@ EXPECTED_FIGURES = {
         "05_photo_segmentation.png", "05_scenes.png", "05_curves.png", "05_predictions.png",
     ],
     "06_keras_hub": ["06_deeplab.png", "06_detections.png"],
+    "07_detection": [
+        "07_detections.png", "07_anchors.png", "07_proposals.png", "07_roi_levels.png", "07_masks.png",
+    ],
 }
 
 

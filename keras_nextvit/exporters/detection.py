@@ -499,7 +499,8 @@ class DetectionExportReport:
             f"detections, {self.matched} matched ({100 * self.match_rate:.1f}%); matched boxes IoU >= "
             f"{self.min_box_iou:.5f}, scores within {self.max_score_error:.2g}, masks "
             f"{100 * self.mask_agreement:.3f}% equal",
-            f"  detect latency (median) {self.latency_ms:.0f} ms vs Keras {self.keras_latency_ms:.0f} ms",
+            f"  detect latency {self.latency_ms:.0f} ms vs Keras {self.keras_latency_ms:.0f} ms (first image, "
+            "after the verification run; tools/benchmark.py --task detection measures properly)",
         ])
 
 
@@ -527,7 +528,7 @@ def compare_detections(ours, theirs, iou=0.99):
     return matched, min_iou, score_error, equal, total
 
 
-def verify_detector(detector, runner, images, path, fmt="onnx", repeats=3):
+def verify_detector(detector, runner, images, path, fmt="onnx", repeats=1):
     """Run ``images`` through both and report (:class:`DetectionExportReport`)."""
     import os
     import time
