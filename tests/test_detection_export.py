@@ -120,6 +120,8 @@ def test_detector_export_requests():
     model = keras_nextvit.NextViTMaskRCNN(TINY, num_classes=3)
     with pytest.raises(ValueError, match=r"detector exports to ONNX \(format='onnx'\) or OpenVINO"):
         keras_nextvit.export(model, "x.tflite", format="tflite")
+    with pytest.raises(ValueError, match=r"TensorRT engine is built from its ONNX export"):
+        keras_nextvit.export(model, "x.plan", format="tensorrt")
     with pytest.raises(ValueError, match=r"float32 only"):
         keras_nextvit.export(model, "x.onnx", format="onnx", quantize="int8")
     with pytest.raises(ValueError, match=r"multiples of 32"):

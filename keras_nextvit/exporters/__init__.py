@@ -218,6 +218,14 @@ def _export_detector(detector, path, format, quantize, merge_bn, input_size, ver
     ``verification_data`` (uint8 images; default: two synthetic photos)."""
     from . import detection
 
+    if format == "tensorrt":
+        raise ValueError(
+            "A detector's TensorRT engine is built from its ONNX export: export format='onnx' (the "
+            "graph uses TopK, NonZero, NonMaxSuppression, RoiAlign, ScatterND, GatherElements, which "
+            "TensorRT >= 8.6's ONNX parser takes), then on the GPU machine `trtexec "
+            "--onnx=detector.onnx --saveEngine=detector.plan`. This package does not build or verify "
+            "detector engines yet."
+        )
     if format not in ("onnx", "openvino"):
         raise ValueError(
             f"A detector exports to ONNX (format='onnx') or OpenVINO (format='openvino'); {format!r} "
