@@ -357,16 +357,23 @@ def export_detector_openvino(detector, path, image_size=(800, 1216), merge_bn=Tr
     import os
     import tempfile
 
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = os.path.join(folder, "detector.onnx")
+        export_detector_onnx(detector, onnx_path, image_size, merge_bn)
+        return onnx_to_openvino(onnx_path, path)
+
+
+def onnx_to_openvino(onnx_path, path):
+    """An exported detector's ONNX file as OpenVINO IR at ``path`` (weights
+    kept in float32: OpenVINO's default float16 storage moves the anchors
+    and coordinates)."""
     from . import openvino as openvino_export
 
     path = openvino_export.check_path(path)
     ov = openvino_export.require()
-    with tempfile.TemporaryDirectory() as folder:
-        onnx_path = os.path.join(folder, "detector.onnx")
-        export_detector_onnx(detector, onnx_path, image_size, merge_bn)
-        with openvino_export.no_telemetry():
-            converted = ov.convert_model(onnx_path)
-        ov.save_model(converted, str(path), compress_to_fp16=False)  # anchors, coordinates: float32
+    with openvino_export.no_telemetry():
+        converted = ov.convert_model(str(onnx_path))
+    ov.save_model(converted, str(path), compress_to_fp16=False)
     return converted
 
 
@@ -430,24 +437,31 @@ class DetectorRunner:
         }
         return self._run(feed)
 
+    def prepare(self, image, scale=(1333, 800)):
+        """mmdet's test pipeline for one image, padded to the exported size:
+        ``(padded (1, H, W, 3), img_shapes, scale_factors, ori_shapes)``."""
+        from ..detection.inference import prepare
+
+        batch, img_shapes, scale_factors, ori_shapes = prepare([image], scale)
+        height, width = self.image_size
+        if batch.shape[1] > height or batch.shape[2] > width:
+            raise ValueError(
+                f"The resized image is {img_shapes[0][0]}x{img_shapes[0][1]}; the exported detector "
+                f"takes at most {height}x{width}: resize with a smaller scale."
+            )
+        padded = np.zeros((1, height, width, 3), np.float32)
+        padded[:, : batch.shape[1], : batch.shape[2]] = batch
+        return padded, img_shapes, scale_factors, ori_shapes
+
     def __call__(self, images, score_thr=0.05, scale=(1333, 800)):
         """Detect in one image or a list (mmdet's test pipeline on the host,
         padded to the exported size; masks pasted on the host)."""
-        from ..detection.inference import prepare
         from ..detection.mask_head import paste_masks
 
         single = not isinstance(images, (list, tuple))
         results = []
         for image in [images] if single else images:
-            batch, img_shapes, scale_factors, ori_shapes = prepare([image], scale)
-            height, width = self.image_size
-            if batch.shape[1] > height or batch.shape[2] > width:
-                raise ValueError(
-                    f"The resized image is {img_shapes[0][0]}x{img_shapes[0][1]}; the exported detector "
-                    f"takes at most {height}x{width}: resize with a smaller scale."
-                )
-            padded = np.zeros((1, height, width, 3), np.float32)
-            padded[:, : batch.shape[1], : batch.shape[2]] = batch
+            padded, img_shapes, scale_factors, ori_shapes = self.prepare(image, scale)
             out = self.raw(padded, img_shapes[0], scale_factors[0], score_thr)
             mask_boxes = (out["boxes"] * scale_factors[0]) / scale_factors[0]
             masks = np.asarray(paste_masks(out["mask_probs"], mask_boxes, ori_shapes[0][:2]))
@@ -484,8 +498,11 @@ class DetectionExportReport:
     min_box_iou: float
     max_score_error: float
     mask_agreement: float
+    proposal_counts_equal: bool
+    proposals_max_error: float
     latency_ms: float
     keras_latency_ms: float
+    verification_images: list = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def match_rate(self):
@@ -498,7 +515,9 @@ class DetectionExportReport:
             f"  {self.images} images: {self.keras_detections} Keras / {self.export_detections} exported "
             f"detections, {self.matched} matched ({100 * self.match_rate:.1f}%); matched boxes IoU >= "
             f"{self.min_box_iou:.5f}, scores within {self.max_score_error:.2g}, masks "
-            f"{100 * self.mask_agreement:.3f}% equal",
+            f"{100 * self.mask_agreement:.3f}% equal; proposals (raw output) "
+            f"{'same counts' if self.proposal_counts_equal else 'OTHER COUNTS'}, within "
+            f"{self.proposals_max_error:.2g} of the largest coordinate",
             f"  detect latency {self.latency_ms:.0f} ms vs Keras {self.keras_latency_ms:.0f} ms (first image, "
             "after the verification run; tools/benchmark.py --task detection measures properly)",
         ])
@@ -533,15 +552,26 @@ def verify_detector(detector, runner, images, path, fmt="onnx", repeats=1):
     import os
     import time
 
-    from ..detection.inference import detect
+    from ..detection.inference import detect, run
 
     scale = (max(runner.image_size), min(runner.image_size))
     score_thr = detector.test_cfg["rcnn"]["score_thr"]
     totals = dict(keras=0, export=0, matched=0, equal=0, pixels=0)
-    min_iou, score_error = 1.0, 0.0
+    min_iou, score_error, counts_equal, proposal_error = 1.0, 0.0, True, 0.0
     for image in images:
-        ours = detect(detector, image, scale=scale)
+        # both on the same padded input (the exported size)
+        padded, img_shapes, scale_factors, ori_shapes = runner.prepare(image, scale)
+        keras_out = run(detector, padded, img_shapes, scale_factors, ori_shapes, score_thr, raw=False)
+        ours = {"boxes": keras_out["det_bboxes"][:, :4], "scores": keras_out["det_bboxes"][:, 4],
+                "labels": keras_out["det_labels"], "masks": keras_out["masks_img0"]}
         theirs = runner(image, score_thr, scale=scale)
+        exported = runner.raw(padded, img_shapes[0], scale_factors[0], score_thr)["proposals"]
+        if exported.shape == keras_out["proposals"].shape:
+            largest = max(float(np.abs(keras_out["proposals"][:, :4]).max(initial=0)), 1e-12)
+            proposal_error = max(proposal_error, float(np.abs(exported - keras_out["proposals"]).max(initial=0))
+                                 / largest)
+        else:
+            counts_equal = False
         matched, low, error, equal, pixels = compare_detections(ours, theirs)
         totals["keras"] += len(ours["scores"])
         totals["export"] += len(theirs["scores"])
@@ -567,10 +597,12 @@ def verify_detector(detector, runner, images, path, fmt="onnx", repeats=1):
         export_detections=totals["export"], matched=totals["matched"], min_box_iou=min_iou,
         max_score_error=score_error,
         mask_agreement=1.0 if not totals["pixels"] else totals["equal"] / totals["pixels"],
+        proposal_counts_equal=counts_equal, proposals_max_error=proposal_error,
+        verification_images=list(images),
         latency_ms=median_ms(lambda image: runner(image, score_thr, scale=scale)),
         keras_latency_ms=median_ms(lambda image: detect(detector, image, scale=scale)),
     )
 
 
 __all__ = ["DetectionExportReport", "DetectorRunner", "compare_detections", "export_detector_openvino",
-           "verify_detector", "OPSET", "OUTPUTS", "dense_model", "export_detector_onnx", "post_processing_graph"]
+           "onnx_to_openvino", "verify_detector", "OPSET", "OUTPUTS", "dense_model", "export_detector_onnx", "post_processing_graph"]
