@@ -27,6 +27,17 @@ from suite_profile_plugin import pytest_addoption  # noqa: F401
 JAX_QUICK_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
 DATA = pathlib.Path(__file__).parent / "data"
+TOOLS = pathlib.Path(__file__).parent.parent / "tools"
+
+
+def load_tool(name, module_name=None):
+    """``tools/{name}.py`` as a module (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module_name or name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # Golden cases of the reference implementation (see tests/data/README.md).
 CASES = {

@@ -2,15 +2,12 @@
 on a small COCO-layout folder the test writes: results in COCO's format, and
 the same mAP as pycocotools computes directly from the written results."""
 
-import importlib.util
 import json
 import sys
 
 import numpy as np
 import pytest
-from conftest import DATA
-
-ROOT = DATA.parent.parent
+from conftest import load_tool
 
 pytest.importorskip("pycocotools")
 from pycocotools import mask as mask_utils  # noqa: E402
@@ -23,10 +20,7 @@ SIZES = [(64, 80), (72, 72), (48, 96)]
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("eval_detection", ROOT / "tools" / "eval_detection.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("eval_detection")
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,11 @@ ones), and inside a compiled function (TensorFlow with XLA; on JAX every
 call is already one jitted function), on the active backend."""
 
 import importlib
-import importlib.util
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import load_tool
 from keras import ops
 
 # the modules (the package exports functions of the same names)
@@ -19,17 +18,7 @@ roi_lib = importlib.import_module("keras_nextvit.detection.roi_align")
 
 torch = pytest.importorskip("torch")
 
-REFERENCE = Path(__file__).resolve().parent.parent / "tools" / "torch_reference_detection.py"
-
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("nextvit_det_torch_reference_ops", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+ref = load_tool("torch_reference_detection", "nextvit_det_torch_reference_ops")
 
 
 def hard_boxes(n=400, seed=0):

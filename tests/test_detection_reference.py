@@ -13,12 +13,10 @@ lowered threshold (0) makes every (proposal, class) pair a candidate, so
 multiclass NMS, the 100 cut, the mask head and pasting all run.
 """
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_close, nhwc
+from conftest import assert_close, load_tool, nhwc
 
 torch = pytest.importorskip("torch")
 
@@ -26,17 +24,7 @@ import keras_nextvit  # noqa: E402
 from keras_nextvit import synthetic  # noqa: E402
 from keras_nextvit.detection import reference_outputs  # noqa: E402
 
-REFERENCE = Path(__file__).resolve().parent.parent / "tools" / "torch_reference_detection.py"
-
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("nextvit_det_torch_reference", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+ref = load_tool("torch_reference_detection", "nextvit_det_torch_reference")
 
 # (variant, padded (H, W), per image (img_shape, ori_shape)). 96x160: P6 is
 # 2x3 (odd levels below it); the batch holds a 96x160 image at scale 1 and a

@@ -5,13 +5,12 @@ examples; the MeanIoU tests compare the Keras metric (active backend) with the
 NumPy path, with an independent NumPy bilinear resize for low-resolution logits.
 """
 
-import importlib.util
 import math
-import pathlib
 
 import keras
 import numpy as np
 import pytest
+from conftest import load_tool
 from PIL import Image
 
 from keras_nextvit.segmentation import ade20k
@@ -22,7 +21,6 @@ from keras_nextvit.segmentation.metrics import (
     segmentation_scores,
 )
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # -- confusion_matrix -------------------------------------------------------------
 
@@ -348,12 +346,7 @@ def test_evaluate_folder_errors(tmp_path):
 
 
 def _eval_tool():
-    spec = importlib.util.spec_from_file_location(
-        "eval_segmentation", ROOT / "tools" / "eval_segmentation.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("eval_segmentation")
 
 
 def test_eval_tool_user_errors(tmp_path, capsys):

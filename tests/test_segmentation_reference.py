@@ -3,32 +3,22 @@
 for all three variants and both heads: where nearest / bilinear resizing and
 adaptive pooling bins are easiest to get wrong."""
 
-import importlib.util
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, load_tool
 
 torch = pytest.importorskip("torch")
 
 import keras_nextvit  # noqa: E402
 from keras_nextvit.segmentation import NextViTSegmenter, segmenter_features  # noqa: E402
 
-REFERENCE = Path(__file__).resolve().parent.parent / "tools" / "torch_reference_segmentation.py"
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis:UserWarning")
 
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("nextvit_seg_torch_reference", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+ref = load_tool("torch_reference_segmentation", "nextvit_seg_torch_reference")
 
 # (variant, head, (N, C, H, W)): odd, non-square, batch 2. At 97x65 stage 4 is
 # 4x3, so the PPM's 3- and 6-bins overlap and every top-down resize is odd.

@@ -19,6 +19,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import load_tool
 
 from keras_nextvit.segmentation import data as data_lib
 from keras_nextvit.segmentation import training as seg_training
@@ -388,13 +389,7 @@ def test_resume_continues_exactly(upernet_run, scenes, tmp_path):
 
 
 def _load_tool():
-    import importlib.util
-
-    path = ROOT / "tools" / "train_segmentation.py"
-    spec = importlib.util.spec_from_file_location("train_segmentation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("train_segmentation")
 
 
 @pytest.mark.parametrize(

@@ -2,19 +2,17 @@
 reproduce the golden data, and the Keras model must agree with it on odd and
 non-square image sizes that the golden data does not cover."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, load_tool
 
 torch = pytest.importorskip("torch")
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
-REFERENCE_PATH = HERE.parent / "tools" / "torch_reference.py"
 
 # Odd, non-square and minimal sizes (NCHW). (1, 3, 32, 32) is the smallest
 # accepted input: stage 2's E-MHSA then sees exactly one 16-token window and
@@ -35,14 +33,7 @@ pytestmark = [
 ]
 
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("nextvit_torch_reference", REFERENCE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+ref = load_tool("torch_reference", "nextvit_torch_reference")
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,17 @@ against literal transcriptions of mmcv's CPU kernels, and the golden outputs
 of tests/data/detection for the synthetic weights (raw tensors, each
 post-processing stage replayed on the stored raw outputs, and end to end)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_close, golden
+from conftest import assert_close, golden, load_tool
 
 torch = pytest.importorskip("torch")
 
 HERE = Path(__file__).resolve().parent
 DET_DATA = HERE / "data" / "detection"
-REFERENCE_PATH = HERE.parent / "tools" / "torch_reference_detection.py"
 
 CASES = ["det_maskrcnn_small_128x192", "det_maskrcnn_small_128x128_rescale"]
 # README: parameters with norm and proj_head, BatchNorm statistics not counted;
@@ -27,16 +25,7 @@ TRAINABLE_PARAMS_M = {"small": 51.79, "base": 64.85, "large": 77.90}
 FROZEN_PARAMS_M = 0.361
 
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location(
-        "nextvit_torch_reference_detection", REFERENCE_PATH
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-det = _load_reference()
+det = load_tool("torch_reference_detection", "nextvit_torch_reference_detection")
 
 _MODEL = {}
 _DATA = {}

@@ -3,19 +3,17 @@
 order for every variant and head, and the golden outputs of
 tests/data/segmentation for the synthetic weights."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, load_tool
 
 torch = pytest.importorskip("torch")
 
 HERE = Path(__file__).resolve().parent
 SEG_DATA = HERE / "data" / "segmentation"
-REFERENCE_PATH = HERE.parent / "tools" / "torch_reference_segmentation.py"
 
 GOLDEN = {
     "fpn": "seg_fpn_small_128x160",
@@ -24,16 +22,7 @@ GOLDEN = {
 ARGMAX_AGREEMENT = 0.999
 
 
-def _load_reference():
-    spec = importlib.util.spec_from_file_location(
-        "nextvit_torch_reference_segmentation", REFERENCE_PATH
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-seg = _load_reference()
+seg = load_tool("torch_reference_segmentation", "nextvit_torch_reference_segmentation")
 
 _MODELS = {}
 
