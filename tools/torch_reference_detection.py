@@ -354,20 +354,11 @@ def build_detector(variant, num_classes=NUM_CLASSES):
 # ---------------------------------------------------------------------------
 
 
-def synthetic_numpy_state(model, seed=0):
-    """``{name: np.ndarray}``: the synthetic weights with tensor index i =
-    the position in ``model``'s state dict (mmdet's order)."""
-    return ref.synthetic_numpy_state(model, seed)
-
-
-def load_synthetic(model, seed=0):
-    """Fill ``model`` with the synthetic weights of ``seed``; returns it."""
-    state = synthetic_numpy_state(model, seed)
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
-    return model
-
-
-synthetic_input = ref.synthetic_input
+# The synthetic weights (tensor index i = the position in the model's state
+# dict, here mmdet's order) and inputs, as the segmentation reference makes them.
+synthetic_numpy_state = seg.synthetic_numpy_state
+load_synthetic = seg.load_synthetic
+synthetic_input = seg.synthetic_input
 
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 from .. import presets
 from ..preprocessing import preprocess_input
 from ..reparam import merge_batchnorm
+from ..weights import is_detector
 from . import onnx as onnx_export
 from . import openvino, saved_model, tensorrt, tflite
 from .verify import ExportReport, verify
@@ -298,7 +299,7 @@ def export(
         arithmetic (AVX512-BF16, AMX) its ``variants["bf16"]`` reports the
         same file run in bfloat16.
     """
-    if hasattr(model, "rpn_head") and hasattr(model, "torch_parts"):  # a Mask R-CNN
+    if is_detector(model):  # a Mask R-CNN
         return _export_detector(model, path, format, quantize, merge_bn, input_size, verification_data,
                                 verify_export)
     route = check_request(path, format, quantize, representative_data, uint8_input)

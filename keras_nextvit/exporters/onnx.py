@@ -276,18 +276,23 @@ def unsupported_by_tensorrt(proto):
     return sorted(set(operator_types(proto)) - TENSORRT_OPS)
 
 
+def ort_session(path, threads=None):
+    """An ONNX Runtime CPU session for ``path`` (``threads``: intra-op threads)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("Running ONNX models needs onnxruntime (pip install onnxruntime).") from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class ONNXRunner:
     """Runs an ``.onnx`` model with ONNX Runtime on NumPy batches."""
 
     def __init__(self, path, threads=None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError("Running ONNX models needs onnxruntime (pip install onnxruntime).") from None
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape
         self.batch = shape[0] if isinstance(shape[0], int) else None
