@@ -15,6 +15,8 @@ and timed (median of 5 after a warm-up) on the TensorFlow backend:
   export uses (one class, all boxes).
 
 Prints one line per form and case: exact or how many kept indices differ.
+The three forms run in one process (ONNX Runtime's threads may take cycles
+from the others), so the timings are indicative; the agreement is the point.
 """
 
 import importlib.util
