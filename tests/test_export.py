@@ -108,6 +108,66 @@ def test_unmerged_onnx_keeps_batchnorm_math(tiny, tmp_path):
     assert report.output().relative_error <= 1e-4
 
 
+def _canonical_graph(proto):
+    """An ONNX graph without its names: each node's operator, attributes and
+    inputs, an input named by the node output it is (or its initializer's
+    contents). tf2onnx numbers the names it makes up from a process-wide
+    counter, so two conversions in one process differ in names only."""
+    import hashlib
+
+    graph = proto.graph
+    names = {x.name: f"input {i}" for i, x in enumerate(graph.input)}
+    for tensor in graph.initializer:
+        unnamed = onnx.TensorProto()
+        unnamed.CopyFrom(tensor)
+        unnamed.name = ""
+        names[tensor.name] = hashlib.sha1(unnamed.SerializeToString()).hexdigest()
+    for k, node in enumerate(graph.node):
+        names.update({name: f"node {k} output {j}" for j, name in enumerate(node.output)})
+    nodes = []
+    for node in graph.node:
+        attributes = []
+        for attribute in node.attribute:
+            unnamed = onnx.AttributeProto()
+            unnamed.CopyFrom(attribute)
+            if unnamed.HasField("t"):
+                unnamed.t.name = ""
+            attributes.append(unnamed.SerializeToString())
+        nodes.append((node.op_type, node.domain, [names[i] for i in node.input], attributes))
+    return nodes, [names[o.name] for o in graph.output]
+
+
+@pytest.mark.slow
+def test_lean_onnx_optimizers_write_the_same_graph(tiny, tmp_path, monkeypatch):
+    """export_onnx runs tf2onnx's optimizers without rewriting every node's
+    protobuf after each of them (onnx._optimizers_in_place): the graph is
+    the one tf2onnx's own loop writes, node for node and weight for weight."""
+    import contextlib
+
+    from tf2onnx.optimizer.optimizer_base import GraphOptimizerBase
+
+    @contextlib.contextmanager
+    def tf2onnx_loop():  # the in-place part only: tf2onnx's own optimize
+        with monkeypatch.context() as patch:
+            patch.setenv("TF2ONNX_CATCH_ERRORS", "FALSE")
+            yield
+
+    deploy = keras_nextvit.merge_batchnorm(tiny)
+    optimize = GraphOptimizerBase.optimize
+    lean = onnx_export.export_onnx(deploy, tmp_path / "lean.onnx")
+    assert GraphOptimizerBase.optimize is optimize  # restored after
+    with monkeypatch.context() as patch:
+        patch.setattr(onnx_export, "_optimizers_in_place", tf2onnx_loop)
+        plain = onnx_export.export_onnx(deploy, tmp_path / "plain.onnx")
+    assert len(lean.graph.node) == len(plain.graph.node) > 100
+    assert _canonical_graph(lean) == _canonical_graph(plain)
+    changed = onnx.ModelProto()  # one weight's last bit flipped: the comparison sees it
+    changed.CopyFrom(lean)
+    weight = max(changed.graph.initializer, key=lambda t: len(t.raw_data))
+    weight.raw_data = weight.raw_data[:-1] + bytes([weight.raw_data[-1] ^ 1])
+    assert _canonical_graph(changed) != _canonical_graph(lean)
+
+
 @pytest.mark.slow
 def test_saved_model_uint8_signature(tiny, tmp_path):
     import tensorflow as tf

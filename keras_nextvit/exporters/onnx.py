@@ -59,18 +59,39 @@ def export_onnx(model, path, batch_size=1, opset=DEFAULT_OPSET):
 
 @contextlib.contextmanager
 def _optimizers_in_place():
-    """By default tf2onnx deep-copies the whole graph, weights included,
-    before each of its ONNX optimizers on each pass, so that it can fall back
-    to the copy if one fails; the copies are cycles that only the cyclic
-    collector frees. The optimizers run on the graph itself
-    instead: an optimizer that fails raises rather than being skipped, as
-    ``cancel_transposes`` already runs them."""
+    """tf2onnx's ONNX optimizers, run lean.
+
+    By default tf2onnx deep-copies the whole graph, weights included, before
+    each of its optimizers on each pass, so that it can fall back to the
+    copy if one fails; the copies are cycles that only the cyclic collector
+    frees. Here the optimizers run on the graph itself: one that fails
+    raises rather than being skipped.
+
+    And after each optimizer (some 50 per conversion) tf2onnx rewrites every
+    node's protobuf from its Python form, which copies every constant, so
+    every weight, again: a third of Next-ViT-S's conversion. The optimizers
+    read and edit the Python form only, and the final model is written from
+    it (``Graph.make_graph`` rewrites every node's protobuf first), so here
+    an optimizer step skips that rewrite; the ONNX file is byte for byte the
+    same (``tests/test_export.py``).
+    """
+    from tf2onnx.optimizer.optimizer_base import GraphOptimizerBase
+
+    def optimize_without_proto_rewrite(self, graph, iteration):
+        self.opt_iteration = iteration
+        graph = self._optimize(graph)
+        graph.delete_unused_nodes(graph.outputs)
+        return graph
+
     key = "TF2ONNX_CATCH_ERRORS"
     before = os.environ.get(key)
+    original = GraphOptimizerBase.optimize
     os.environ[key] = "FALSE"
+    GraphOptimizerBase.optimize = optimize_without_proto_rewrite
     try:
         yield
     finally:
+        GraphOptimizerBase.optimize = original
         if before is None:
             del os.environ[key]
         else:
@@ -265,7 +286,8 @@ def cancel_transposes(proto):
     model."""
     from tf2onnx.graph import GraphUtil
 
-    return GraphUtil.optimize_model_proto(proto, catch_errors=False)
+    with _optimizers_in_place():
+        return GraphUtil.optimize_model_proto(proto, catch_errors=False)
 
 
 def operator_types(proto):
