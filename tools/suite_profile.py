@@ -78,16 +78,29 @@ TensorFlow 2.21):
   data-parallel test's single-process reference first so that its two
   processes find its executables was slower (76 s -> 100 s alone): they
   compile other programs (sharded) anyway.
-- Tried and left: one TensorFlow thread per worker (``TF_NUM_INTRAOP_THREADS=1``
-  and inter-op 1; 4.5% less time over four files, within the noise);
-  ``jit_compile=True`` for the digits training (the XLA compile costs more
-  than it saves: 63 s -> 109 s); TFLite's ``int8_float_attention`` without
-  the quantization debugger's instrumented model (14.7 s -> 13.2 s, private
-  API); converting from a concrete function instead of a SavedModel (its
-  variables stay uninitialised: NaN outputs). An export of Next-ViT-S to
-  TFLite at 64x96 is 1.5 s of merging, 9 s of writing the SavedModel the
-  converter reads (Keras' ExportArchive: tracing, resource tracking, saving)
-  and 10 s of converting.
+- One thread per worker. Under ``-n 2`` each worker, and every notebook and
+  subprocess it starts, ran TensorFlow's, PyTorch's and OpenBLAS's thread
+  pools as wide as the machine: four or more busy threads on two cores.
+  ``tests/conftest.py`` now sets ``TF_NUM_INTRAOP_THREADS``,
+  ``TF_NUM_INTEROP_THREADS`` and ``OMP_NUM_THREADS`` to 1 in the workers
+  (TensorFlow's alone, tried earlier over four files, measured 4.5% less,
+  within the noise). The whole suite, twice in one hour on one machine
+  (``-n 2``, ``--suite-profile``, ``compare``): 28.6 -> 22.1 minutes, user
+  CPU 2,727 -> 2,105 s, system 481 -> 383 s, every large file faster (the
+  notebooks 661 -> 473 test-seconds, the PyTorch reference files 95 -> 36).
+  XLA's own flags for one thread (``--xla_cpu_multi_thread_eigen=false``)
+  changed nothing for the JAX parity files pinned to one core (56.5 -> 54.7 s).
+- Tried and left: ``jit_compile=True`` for the digits training (the XLA
+  compile costs more than it saves: 63 s -> 109 s); TFLite's
+  ``int8_float_attention`` without the quantization debugger's instrumented
+  model (14.7 s -> 13.2 s, private API); converting from a concrete function
+  instead of a SavedModel (its variables stay uninitialised: NaN outputs).
+  An export of Next-ViT-S to TFLite at 64x96 is 1.5 s of merging, 9 s of
+  writing the SavedModel the converter reads (Keras' ExportArchive: tracing,
+  resource tracking, saving) and 10 s of converting. ONNX: tf2onnx rewrote
+  every node's protobuf, weights included, after each of its ~50 optimizer
+  steps, a quarter of Next-ViT-S's conversion; the exporter now skips those
+  rewrites (the graph is the same, ``tests/test_export.py``).
 """
 
 import argparse
