@@ -69,11 +69,11 @@ def _optimizers_in_place():
 
     And after each optimizer (some 50 per conversion) tf2onnx rewrites every
     node's protobuf from its Python form, which copies every constant, so
-    every weight, again: a third of Next-ViT-S's conversion. The optimizers
+    every weight, again: a quarter of Next-ViT-S's conversion. The optimizers
     read and edit the Python form only, and the final model is written from
     it (``Graph.make_graph`` rewrites every node's protobuf first), so here
-    an optimizer step skips that rewrite; the ONNX file is byte for byte the
-    same (``tests/test_export.py``).
+    an optimizer step skips that rewrite; the graph is the same, node for
+    node and weight for weight (``tests/test_export.py``).
     """
     from tf2onnx.optimizer.optimizer_base import GraphOptimizerBase
 
