@@ -13,7 +13,6 @@ lowered threshold (0) makes every (proposal, class) pair a candidate, so
 multiclass NMS, the 100 cut, the mask head and pasting all run.
 """
 
-
 import numpy as np
 import pytest
 from conftest import assert_close, load_tool, nhwc

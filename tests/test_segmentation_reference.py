@@ -3,7 +3,6 @@
 for all three variants and both heads: where nearest / bilinear resizing and
 adaptive pooling bins are easiest to get wrong."""
 
-
 import keras
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ torch = pytest.importorskip("torch")
 
 import keras_nextvit  # noqa: E402
 from keras_nextvit.segmentation import NextViTSegmenter, segmenter_features  # noqa: E402
-
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis:UserWarning")
 
