@@ -29,11 +29,24 @@ import pytest
 import suite_profile_plugin
 from suite_profile_plugin import pytest_addoption  # noqa: F401
 
-# For a JAX subprocess that compiles a training step and runs it a few times:
-# LLVM's optimisation of XLA's CPU code costs more than it saves there (the
-# tiny Next-ViT's two training steps of test_backends: 37 s -> 29 s; the
-# golden forward passes of the parity files are slower without it).
+# XLA's CPU compiler for the run's JAX subprocesses, which are compile-bound:
+# on JAX, Keras builds a model by compiling each variable initializer for each
+# shape, runs it eagerly op by op (each op compiled for each shape), and
+# compiles a training step that then runs a few times. Without LLVM's
+# optimisation, a training step of the tiny Next-ViT: 37 s -> 29 s.
 JAX_QUICK_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
+# And without XLA's fusion emitters: a random initializer compiles in 0.05 s
+# instead of 0.34 s (0.12 s with the flag above alone); Next-ViT-S builds in
+# 4.6 s instead of 13.6 and its first eager call takes 5.1 s instead of 10.0
+# (a second call 0.6 s instead of 0.4); the JAX parity run took 125 s instead
+# of 169, the dense-as-matrix test 19 s instead of 36 (one core of a 2-core
+# Xeon each). Not for the data-parallel training test: unfused code sums in
+# another order there, and two processes' losses part from one device's by
+# 2e-5 after three steps, over that test's 1e-5 (the forms compared elsewhere
+# stay within a twentieth of their bounds).
+JAX_QUICK_COMPILE_UNFUSED = {
+    "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+}
 
 DATA = pathlib.Path(__file__).parent / "data"
 TOOLS = pathlib.Path(__file__).parent.parent / "tools"
