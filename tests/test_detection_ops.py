@@ -48,6 +48,22 @@ def test_batched_nms_equals_the_reference(iou):
     np.testing.assert_array_equal(got_one, expected_one.numpy()[:50])
 
 
+@pytest.mark.parametrize("groups_per_slice", [1, 3])
+def test_batched_nms_in_slices_of_groups(monkeypatch, groups_per_slice):
+    """The overlap tensor made a slice of groups at a time keeps what the
+    reference keeps: one group per slice, and three (the boxes' three groups
+    and the padding's: the last slice is short)."""
+    from keras_nextvit.detection.compiled import bucket
+
+    boxes, scores, groups = hard_boxes()
+    size = bucket(np.bincount(groups).max())  # the packed length of a group
+    monkeypatch.setattr(nms_lib, "_OVERLAP_ENTRIES", groups_per_slice * size * size)
+    got = ops.convert_to_numpy(nms_lib.batched_nms(boxes, scores, groups, 0.5))
+    _, expected = ref.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                  torch.from_numpy(groups.astype(np.int64)), 0.5)
+    np.testing.assert_array_equal(got, expected.numpy())
+
+
 def hard_rois(height, width, stride, seed=0):
     rng = np.random.default_rng(seed)
     size = np.array([width, height, width, height], np.float32) * stride
