@@ -13,13 +13,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # workers, notebooks' kernels and subprocesses inherit it.
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 # Under pytest-xdist each worker has a core's worth of the machine (``-n 2``
-# on 2 cores): one thread for TensorFlow's operations and for OpenMP
-# (PyTorch, NumPy's BLAS), inherited by the worker's notebooks and
-# subprocesses, instead of two workers each running a pool of threads as
-# wide as the machine and taking cores from each other. Set before
-# TensorFlow, PyTorch and NumPy load; a value in the environment wins.
+# on 2 cores): one thread for TensorFlow's operations, for OpenMP (PyTorch,
+# NumPy's BLAS) and for the exported artifacts' runtimes (TFLite, ONNX
+# Runtime, OpenVINO: keras_nextvit's KERAS_NEXTVIT_NUM_THREADS), inherited by
+# the worker's notebooks and subprocesses, instead of two workers each
+# running pools of threads as wide as the machine and taking cores from each
+# other. Set before TensorFlow, PyTorch and NumPy load; a value in the
+# environment wins.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+    for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+                      "KERAS_NEXTVIT_NUM_THREADS"):
         os.environ.setdefault(_variable, "1")
 
 import numpy as np

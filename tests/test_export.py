@@ -490,6 +490,28 @@ def test_tensorrt_without_tensorrt(model, tmp_path):
         keras_nextvit.export(model, tmp_path / "m.plan", format="tensorrt", quantize="int8")
 
 
+def test_runtime_threads_from_the_argument_or_the_environment(monkeypatch, tmp_path):
+    """The artifacts' runtimes take KERAS_NEXTVIT_NUM_THREADS unless a count
+    is passed; a bad value is refused with the variable's name."""
+    from keras_nextvit.exporters.verify import runtime_threads
+
+    monkeypatch.delenv("KERAS_NEXTVIT_NUM_THREADS", raising=False)
+    assert runtime_threads() is None and runtime_threads(3) == 3
+    monkeypatch.setenv("KERAS_NEXTVIT_NUM_THREADS", "2")
+    assert runtime_threads() == 2 and runtime_threads(3) == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("KERAS_NEXTVIT_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match=f"KERAS_NEXTVIT_NUM_THREADS must be .* got '{bad}'"):
+            runtime_threads()
+    # the sessions the reports run take it
+    monkeypatch.setenv("KERAS_NEXTVIT_NUM_THREADS", "1")
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3)])
+    path = tmp_path / "conv.onnx"
+    onnx_export.export_onnx(model, path, batch_size=1)
+    session = onnx_export.ort_session(path)
+    assert session.get_session_options().intra_op_num_threads == 1
+
+
 def test_report_sees_an_artifact_that_ignores_its_input():
     """Outputs that barely vary between images (as with synthetic weights)
     give a high plain cosine even to an artifact that returns the outputs of

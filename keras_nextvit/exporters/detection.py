@@ -384,8 +384,11 @@ def _session(path, threads):
     if str(path).endswith(".xml"):
         from . import openvino as openvino_export
 
+        from .verify import runtime_threads
+
         ov = openvino_export.require()
         config = {"INFERENCE_PRECISION_HINT": "f32"}
+        threads = runtime_threads(threads)
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = ov.Core().compile_model(str(path), "CPU", config)

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .saved_model import input_spec, serving_fn
-from .verify import run_in_batches
+from .verify import run_in_batches, runtime_threads
 
 DEFAULT_OPSET = 17
 
@@ -299,12 +299,14 @@ def unsupported_by_tensorrt(proto):
 
 
 def ort_session(path, threads=None):
-    """An ONNX Runtime CPU session for ``path`` (``threads``: intra-op threads)."""
+    """An ONNX Runtime CPU session for ``path`` (``threads``: intra-op
+    threads; default :func:`~.verify.runtime_threads`)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ImportError("Running ONNX models needs onnxruntime (pip install onnxruntime).") from None
     options = ort.SessionOptions()
+    threads = runtime_threads(threads)
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

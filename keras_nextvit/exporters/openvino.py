@@ -24,7 +24,7 @@ import pathlib
 import numpy as np
 
 from .saved_model import INPUT_NAME, input_spec, serving_fn
-from .verify import run_in_batches
+from .verify import run_in_batches, runtime_threads
 
 QUANTIZE_MODES = ("none", "float16", "int8")
 PRECISIONS = ("f32", "bf16")
@@ -212,7 +212,7 @@ class OpenVINORunner:
         config = {
             "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": int(num_threads or os.cpu_count()),
+            "INFERENCE_NUM_THREADS": runtime_threads(num_threads) or os.cpu_count(),
         }
         self.compiled = core.compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()

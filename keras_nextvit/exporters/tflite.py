@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from .saved_model import SIGNATURE, export_saved_model
-from .verify import run_in_batches
+from .verify import run_in_batches, runtime_threads
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8", "int8_float_attention")
 
@@ -256,7 +256,7 @@ class TFLiteRunner:
     """Runs a ``.tflite`` model's serving signature on NumPy batches."""
 
     def __init__(self, path, names, num_threads=None):
-        self.interpreter = _interpreter(path, num_threads or os.cpu_count())
+        self.interpreter = _interpreter(path, runtime_threads(num_threads) or os.cpu_count())
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         self.names = names
         inputs = self.runner.get_input_details()

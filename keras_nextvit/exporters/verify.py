@@ -106,6 +106,26 @@ class ExportReport:
         return data
 
 
+THREADS_VARIABLE = "KERAS_NEXTVIT_NUM_THREADS"
+
+
+def runtime_threads(requested=None):
+    """Threads for an artifact's runtime (TFLite, ONNX Runtime, OpenVINO):
+    ``requested`` if given, else the ``KERAS_NEXTVIT_NUM_THREADS``
+    environment variable, else ``None`` (the runner's default: every core).
+    Set the variable where processes share the cores (several exports or
+    test workers at once), so that each runtime's pool does not take the
+    others' cores."""
+    if requested:
+        return int(requested)
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_VARIABLE} must be a whole number of threads (1 or more), got {value!r}.")
+    return int(value)
+
+
 def run_in_batches(run, images, batch):
     """``run`` on ``images`` in chunks of ``batch`` rows (``None``: at once),
     for artifacts exported with a fixed batch size."""
