@@ -530,6 +530,16 @@ class NCB(_Composite):
         return config
 
 
+def attention_weights(scores):
+    """``softmax(scores)`` over the keys (the last axis). With a single key
+    (at a 32x32 input every E-MHSA's tokens pool to one window) the softmax
+    is 1 exactly and its gradient 0: then ones, without the softmax over a
+    size-1 axis that Keras warns about on every call."""
+    if scores.shape[-1] == 1:
+        return ops.ones_like(scores)
+    return ops.softmax(scores, axis=-1)
+
+
 @torch_fast.register_block
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class EfficientMHSA(_Composite):
@@ -619,7 +629,7 @@ class EfficientMHSA(_Composite):
         k = self._split_heads(run(self.k, x))
         v = self._split_heads(run(self.v, x))
         scores = ops.matmul(q * self.scale, ops.transpose(k, (0, 1, 3, 2)))
-        attention = ops.softmax(scores, axis=-1)
+        attention = attention_weights(scores)
         out = ops.matmul(run(self.attn_drop, attention, training), v)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (ops.shape(out)[0], -1, self.dim))
         out = run(self.proj_drop, run(self.proj, out), training)

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import keras_nextvit
 from keras_nextvit import flops
@@ -285,3 +286,24 @@ def test_bad_builder_arguments():
         keras_nextvit.NextViT(depths=(3, 4, 7, 3))
     with pytest.raises(ValueError, match="1000-class head"):
         keras_nextvit.NextViTSmall(weights="nextvit_small.bd_in1k", classes=10)
+
+
+def test_one_key_attention_is_ones_without_a_warning():
+    """At 32x32 every E-MHSA attends over a single pooled key: the weights are
+    the softmax's (exactly 1), and Keras' warning about a softmax over a size-1
+    axis does not reach the user."""
+    import warnings
+
+    from keras_nextvit.layers import attention_weights
+
+    scores = np.random.default_rng(0).normal(size=(2, 3, 5, 1)).astype("float32") * 10
+    np.testing.assert_array_equal(ops.convert_to_numpy(attention_weights(scores)),
+                                  ops.convert_to_numpy(ops.softmax(scores, axis=-1)))
+    many = np.random.default_rng(1).normal(size=(2, 3, 5, 4)).astype("float32")
+    np.testing.assert_array_equal(ops.convert_to_numpy(attention_weights(many)),
+                                  ops.convert_to_numpy(ops.softmax(many, axis=-1)))
+    model = keras_nextvit.NextViT((1, 1, 5, 1), input_shape=(32, 32, 3), classes=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(np.zeros((1, 32, 32, 3), "float32"), training=False)
+    assert not [w for w in caught if "softmax" in str(w.message)], [str(w.message) for w in caught]
