@@ -1,0 +1,153 @@
+"""Training targets: mmdet's MaxIoUAssigner and RandomSampler
+(keras_nextvit.detection.assigner) against a NumPy transcription of mmdet
+2.23's loops, and hand-computed cases."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_nextvit.detection import assigner
+
+
+def numpy_iou(a, b):
+    """mmdet's bbox_overlaps(mode='iou'), written out."""
+    out = np.zeros((len(a), len(b)), np.float32)
+    for i, p in enumerate(a):
+        for j, q in enumerate(b):
+            w = max(min(p[2], q[2]) - max(p[0], q[0]), 0)
+            h = max(min(p[3], q[3]) - max(p[1], q[1]), 0)
+            inter = np.float32(w) * np.float32(h)
+            union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
+            out[i, j] = inter / max(union, np.float32(1e-6))
+    return out
+
+
+def numpy_assign(boxes, gt_boxes, gt_labels, pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality=True):
+    """MaxIoUAssigner.assign_wrt_overlaps, step by step as mmdet runs it."""
+    n = len(boxes)
+    if len(gt_boxes) == 0:
+        return np.zeros(n, np.int64), np.zeros(n, np.float32), np.full(n, -1)
+    overlaps = numpy_iou(gt_boxes, boxes)
+    assigned = np.full(n, -1)
+    max_overlaps, argmax = overlaps.max(0), overlaps.argmax(0)
+    gt_max = overlaps.max(1)
+    assigned[(max_overlaps >= 0) & (max_overlaps < neg_iou_thr)] = 0
+    pos = max_overlaps >= pos_iou_thr
+    assigned[pos] = argmax[pos] + 1
+    if match_low_quality:
+        for i in range(len(gt_boxes)):
+            if gt_max[i] >= min_pos_iou:
+                assigned[overlaps[i] == gt_max[i]] = i + 1
+    labels = np.full(n, -1)
+    labels[assigned > 0] = np.asarray(gt_labels)[assigned[assigned > 0] - 1]
+    return assigned, max_overlaps, labels
+
+
+def random_boxes(rng, n, size=100.0):
+    xy = rng.uniform(0, size, (n, 2))
+    wh = rng.uniform(0, size / 2, (n, 2))
+    wh[: n // 10] = 0  # some empty boxes
+    return np.concatenate([xy, xy + wh], 1).astype(np.float32)
+
+
+def pad(gt_boxes, gt_labels, to):
+    k = len(gt_boxes)
+    boxes = np.zeros((to, 4), np.float32)
+    labels = np.zeros(to, np.int32)
+    boxes[:k], labels[:k] = gt_boxes, gt_labels
+    # padding that would overlap everything, were it not masked
+    boxes[k:] = [0, 0, 1000, 1000]
+    return boxes, labels, np.arange(to) < k
+
+
+def test_box_iou_is_mmdets_bbox_overlaps():
+    rng = np.random.default_rng(0)
+    a, b = random_boxes(rng, 30), random_boxes(rng, 40)
+    b[:5] = a[:5]  # identical boxes: IoU 1 (or 0 for empty ones)
+    np.testing.assert_allclose(ops.convert_to_numpy(assigner.box_iou(a, b)), numpy_iou(a, b), rtol=1e-6, atol=1e-7)
+
+
+def test_the_docstring_case_of_mmdet():
+    # MaxIoUAssigner(0.5, 0.5): [[0, 0, 10, 10], [10, 10, 20, 20]] against [[0, 0, 10, 9]]
+    boxes = np.array([[0, 0, 10, 10], [10, 10, 20, 20]], np.float32)
+    gt_inds, _, labels = assigner.max_iou_assign(boxes, np.array([[0, 0, 10, 9]], np.float32), [3], [True], 0.5, 0.5)
+    np.testing.assert_array_equal(ops.convert_to_numpy(gt_inds), [1, 0])
+    np.testing.assert_array_equal(ops.convert_to_numpy(labels), [3, -1])
+
+
+@pytest.mark.parametrize("config", ["rpn", "rcnn", "band"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_assignment_equals_mmdets_loop(config, seed):
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, 300)
+    gt = random_boxes(rng, 7)[1:]  # no empty ground truth
+    gt[3] = gt[2]  # a duplicate box: the later one takes the shared candidates
+    boxes[10:14] = gt[:4] * 1.01  # near-exact matches
+    labels = rng.integers(0, 80, len(gt))
+    cfg = {"rpn": assigner.RPN_ASSIGNER, "rcnn": assigner.RCNN_ASSIGNER,
+           "band": dict(assigner.RPN_ASSIGNER, neg_iou_thr=0.3)}[config]
+    expected = numpy_assign(boxes, gt, labels, cfg["pos_iou_thr"], cfg["neg_iou_thr"], cfg["min_pos_iou"])
+    padded = pad(gt, labels, 10)
+    got = [ops.convert_to_numpy(t) for t in assigner.max_iou_assign(boxes, *padded, **cfg)]
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(got[2], expected[2])
+    assert (got[0] > 0).any() and (got[0] == 0).any()
+    assert (got[0] == -1).any() == (cfg["neg_iou_thr"] < cfg["pos_iou_thr"])  # a band left ignored
+
+
+def test_low_quality_matches_overwrite_in_order():
+    """A candidate that is two boxes' best match goes to the later box,
+    even over a better IoU with the earlier one (mmdet's loop)."""
+    boxes = np.array([[0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
+    gt = np.array([[0, 0, 10, 8], [0, 0, 10, 5]], np.float32)  # IoU 0.8 and 0.5 with box 0
+    gt_inds, _, _ = assigner.max_iou_assign(boxes, gt, [0, 1], [True, True], 0.9, 0.3, min_pos_iou=0.3)
+    np.testing.assert_array_equal(ops.convert_to_numpy(gt_inds), [2, 0])
+    expected, _, _ = numpy_assign(boxes, gt, [0, 1], 0.9, 0.3, 0.3)
+    np.testing.assert_array_equal(expected, [2, 0])
+
+
+def test_an_image_without_ground_truth_is_all_background():
+    boxes = random_boxes(np.random.default_rng(0), 20)
+    gt_boxes, gt_labels, valid = pad(np.zeros((0, 4), np.float32), [], 4)
+    gt_inds, overlaps, labels = assigner.max_iou_assign(boxes, gt_boxes, gt_labels, valid, 0.7, 0.3, 0.3)
+    assert (ops.convert_to_numpy(gt_inds) == 0).all() and (ops.convert_to_numpy(overlaps) == 0).all()
+    assert (ops.convert_to_numpy(labels) == -1).all()
+
+
+def test_ground_truth_joins_the_proposals():
+    boxes = np.array([[0, 0, 10, 10]], np.float32)
+    gt_boxes, gt_labels, valid = pad(np.array([[0, 0, 10, 9]], np.float32), [4], 3)
+    gt_inds, _, labels = assigner.max_iou_assign(boxes, gt_boxes, gt_labels, valid, 0.5, 0.5, 0.5)
+    all_boxes, all_inds, all_labels, is_gt = (
+        ops.convert_to_numpy(t)
+        for t in assigner.with_gt_as_proposals(boxes, gt_inds, labels, gt_boxes, gt_labels, valid)
+    )
+    assert all_boxes.shape == (4, 4)
+    np.testing.assert_array_equal(all_inds, [1, -1, -1, 1])
+    np.testing.assert_array_equal(all_labels, [4, -1, -1, 4])
+    np.testing.assert_array_equal(is_gt, [True, False, False, False])
+
+
+def test_sampler_takes_all_when_few_and_draws_when_many():
+    gt_inds = np.array([1, 0, 0, -1, 2, 0, -1, 0], np.int32)
+    positive, negative = (ops.convert_to_numpy(m) for m in assigner.random_sample(gt_inds, 8, 0.5, seed=0))
+    np.testing.assert_array_equal(positive, gt_inds > 0)  # 2 of at most 4: both
+    np.testing.assert_array_equal(negative, gt_inds == 0)  # 4 of at most 6: all
+    rng = np.random.default_rng(0)
+    many = rng.choice([-1, 0, 0, 0, 1, 2], 2000).astype(np.int32)
+    positive, negative = (ops.convert_to_numpy(m) for m in assigner.random_sample(many, 256, 0.5, seed=1))
+    assert positive.sum() == 128 and negative.sum() == 128
+    assert (many[positive] > 0).all() and (many[negative] == 0).all()
+    again = ops.convert_to_numpy(assigner.random_sample(many, 256, 0.5, seed=1)[0])
+    other = ops.convert_to_numpy(assigner.random_sample(many, 256, 0.5, seed=2)[0])
+    np.testing.assert_array_equal(again, positive)  # a seed fixes the draw
+    assert (other != positive).any()
+    # few positives: negatives fill the rest; with neg_pos_ub, at most ub per positive
+    few = np.where(many > 0, 0, many)
+    few[:3] = 1
+    positive, negative = (ops.convert_to_numpy(m) for m in assigner.random_sample(few, 256, 0.5, seed=0))
+    assert positive.sum() == 3 and negative.sum() == 253
+    positive, negative = (ops.convert_to_numpy(m)
+                          for m in assigner.random_sample(few, 256, 0.5, neg_pos_ub=3, seed=0))
+    assert positive.sum() == 3 and negative.sum() == 9
