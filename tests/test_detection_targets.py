@@ -151,3 +151,79 @@ def test_sampler_takes_all_when_few_and_draws_when_many():
     positive, negative = (ops.convert_to_numpy(m)
                           for m in assigner.random_sample(few, 256, 0.5, neg_pos_ub=3, seed=0))
     assert positive.sum() == 3 and negative.sum() == 9
+
+
+# ---------------------------------------------------------------- box and mask targets
+
+
+def numpy_bbox2delta(p, g, stds):
+    """mmdet's bbox2delta, written out (means 0)."""
+    px, py = (p[:, 0] + p[:, 2]) * 0.5, (p[:, 1] + p[:, 3]) * 0.5
+    pw, ph = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+    gx, gy = (g[:, 0] + g[:, 2]) * 0.5, (g[:, 1] + g[:, 3]) * 0.5
+    gw, gh = g[:, 2] - g[:, 0], g[:, 3] - g[:, 1]
+    deltas = np.stack([(gx - px) / pw, (gy - py) / ph, np.log(gw / pw), np.log(gh / ph)], -1)
+    return deltas / np.asarray(stds, np.float32)
+
+
+def test_box_targets_are_mmdets_deltas_and_decode_back():
+    from keras_nextvit.detection import box_coder, targets
+
+    rng = np.random.default_rng(0)
+    boxes = random_boxes(rng, 50)
+    boxes[:, 2:] += 1.0  # no empty candidates (their deltas are undefined, as in mmdet)
+    gt = random_boxes(rng, 5) + np.float32([0, 0, 1, 1])
+    gt_inds = rng.integers(-1, 6, 50).astype(np.int32)
+    got = ops.convert_to_numpy(targets.box_targets(boxes, gt, gt_inds, box_coder.BBOX_HEAD_STDS))
+    positive = gt_inds > 0
+    expected = numpy_bbox2delta(boxes[positive], gt[gt_inds[positive] - 1], box_coder.BBOX_HEAD_STDS)
+    np.testing.assert_allclose(got[positive], expected, rtol=1e-5, atol=1e-5)
+    assert (got[~positive] == 0).all()
+    back = ops.convert_to_numpy(box_coder.decode(boxes[positive], got[positive], box_coder.BBOX_HEAD_STDS,
+                                                 wh_ratio_clip=1e-9))
+    np.testing.assert_allclose(back, gt[gt_inds[positive] - 1], rtol=1e-4, atol=1e-3)
+
+
+def test_mask_targets_crop_the_assigned_mask():
+    from keras_nextvit.detection import targets
+
+    masks = np.zeros((2, 40, 60), np.uint8)
+    masks[0, 10:30, 20:40] = 1  # a 20 x 20 square
+    masks[1, :, :30] = 1  # the left half
+    boxes = np.array([
+        [20, 10, 40, 30],  # exactly mask 0's square: all ones
+        [0, 0, 15, 15],  # beside it: all zeros
+        [20, 0, 40, 40],  # mask 1 from x=20 to 40: the left half of the target
+        [-30, -5, 30, 45],  # beyond the image: clipped to (0, 0, 30, 40), inside mask 1
+    ], np.float32)
+    got = targets.mask_targets(masks, boxes, [0, 0, 1, 1], mask_size=8)
+    assert got.shape == (4, 8, 8) and got.dtype == np.float32
+    assert (got[0] == 1).all() and (got[1] == 0).all() and (got[3] == 1).all()
+    assert (got[2][:, :4] == 1).all() and (got[2][:, 4:] == 0).all()
+    assert targets.mask_targets(masks, np.zeros((0, 4), np.float32), []).shape == (0, 28, 28)
+
+
+def test_mask_targets_are_binarised_roi_align():
+    """Against the reference RoIAlign (mmcv's, aligned), at 0.5."""
+    import torch
+    from conftest import load_tool
+
+    from keras_nextvit.detection import targets
+
+    ref = load_tool("torch_reference_detection", "nextvit_det_torch_reference_targets")
+    rng = np.random.default_rng(0)
+    masks = (rng.uniform(size=(3, 32, 48)) > 0.5).astype(np.uint8)
+    boxes = random_boxes(rng, 12, size=40) + np.float32([0, 0, 2, 2])
+    index = rng.integers(0, 3, 12)
+    got = targets.mask_targets(masks, boxes, index)
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], 0, 48)
+    clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, 32)
+    rois = torch.from_numpy(np.concatenate([index[:, None].astype(np.float32), clipped], 1))
+    pooled = ref.roi_align(torch.from_numpy(masks[:, None].astype(np.float32)), rois, 28, 1.0)
+    pooled = pooled[:, 0].numpy()
+    # averages of 0/1 pixels land on 0.5 itself, where the summation order
+    # decides the side: compared away from it
+    clear = np.abs(pooled - 0.5) > 1e-5
+    assert clear.mean() > 0.8
+    np.testing.assert_array_equal(got[clear], (pooled[clear] >= 0.5).astype(np.float32))

@@ -1,4 +1,5 @@
-"""mmdet 2.x's ``DeltaXYWHBBoxCoder`` decoding (``delta2bbox``), in ``keras.ops``.
+"""mmdet 2.x's ``DeltaXYWHBBoxCoder``: decoding (``delta2bbox``) and, for
+training targets, encoding (``bbox2delta``), in ``keras.ops``.
 
 A box ``(x1, y1, x2, y2)`` has centre ``p = (x1 + x2) * 0.5`` and size
 ``s = x2 - x1`` (no +1), likewise in y. Deltas ``(dx, dy, dw, dh)`` are first
@@ -9,6 +10,9 @@ are not clamped); the decoded box has centre ``p + s * d_xy`` and size
 ``(height, width)`` (the image's ``img_shape``: the resized image, not its
 padding) x is clipped to ``[0, width]`` and y to ``[0, height]``. Float32,
 operation for operation as mmdet computes it.
+
+Encoding is the inverse, unclamped: ``d_xy = (g_xy - p_xy) / s``,
+``d_wh = log(g_wh / s)``, then ``(d - means) / stds``.
 
 The RPN decodes with means 0 and stds 1; the box head with stds
 ``(0.1, 0.1, 0.2, 0.2)`` (:data:`BBOX_HEAD_STDS`).
@@ -52,4 +56,17 @@ def decode(boxes, deltas, stds=RPN_STDS, means=(0.0, 0.0, 0.0, 0.0), max_shape=N
     return ops.concatenate([x1y1, x2y2], axis=-1)
 
 
-__all__ = ["BBOX_HEAD_STDS", "RPN_STDS", "WH_RATIO_CLIP", "decode"]
+def encode(boxes, targets, stds=RPN_STDS, means=(0.0, 0.0, 0.0, 0.0)):
+    """Deltas ``(..., 4)`` that move ``boxes`` onto ``targets`` (both
+    ``(..., 4)``, same shape): the regression targets."""
+    boxes = ops.convert_to_tensor(boxes, "float32")
+    targets = ops.convert_to_tensor(targets, "float32")
+    pxy = (boxes[..., :2] + boxes[..., 2:]) * 0.5
+    pwh = boxes[..., 2:] - boxes[..., :2]
+    gxy = (targets[..., :2] + targets[..., 2:]) * 0.5
+    gwh = targets[..., 2:] - targets[..., :2]
+    deltas = ops.concatenate([(gxy - pxy) / pwh, ops.log(gwh / pwh)], axis=-1)
+    return (deltas - ops.convert_to_tensor(means, "float32")) / ops.convert_to_tensor(stds, "float32")
+
+
+__all__ = ["BBOX_HEAD_STDS", "RPN_STDS", "WH_RATIO_CLIP", "decode", "encode"]
