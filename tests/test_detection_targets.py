@@ -227,3 +227,52 @@ def test_mask_targets_are_binarised_roi_align():
     clear = np.abs(pooled - 0.5) > 1e-5
     assert clear.mean() > 0.8
     np.testing.assert_array_equal(got[clear], (pooled[clear] >= 0.5).astype(np.float32))
+
+
+def test_anchors_over_padding_take_no_part():
+    """An anchor outside the image's own area is never sampled and is no
+    ground-truth box's best match: the best valid anchor is (mmdet's
+    valid_flags)."""
+    from keras_nextvit.detection import box_coder, targets
+
+    anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 20], [50, 50, 60, 60], [70, 70, 80, 80]], np.float32)
+    gt = np.array([[0, 0, 10, 10]], np.float32)
+    valid = np.array([False, True, True, True])
+    positive, negative, deltas = (
+        ops.convert_to_numpy(t) for t in targets.rpn_targets(anchors, valid, gt, [True], seed=0)
+    )
+    # anchor 0 (IoU 1) is over padding; anchor 1 (IoU 0.5, below the positive
+    # threshold 0.7) is the best valid one: the box's low-quality match
+    np.testing.assert_array_equal(positive, [False, True, False, False])
+    np.testing.assert_array_equal(negative, [False, False, True, True])
+    expected = ops.convert_to_numpy(box_coder.encode(anchors[1:2], gt))
+    np.testing.assert_allclose(deltas[1], expected[0], rtol=1e-6)
+    assert (deltas[[0, 2, 3]] == 0).all()
+
+
+def test_roi_targets_add_the_ground_truth_and_label_the_positives():
+    from keras_nextvit.detection import box_coder, targets
+
+    rng = np.random.default_rng(0)
+    proposals = random_boxes(rng, 200) + np.float32([0, 0, 1, 1])
+    valid = np.arange(200) < 180  # the last 20 are padding
+    proposals[185] = [5, 5, 40, 40]  # padding identical to a ground-truth box: never used
+    gt_boxes, gt_labels, gt_valid = pad(np.array([[5, 5, 40, 40], [60, 10, 90, 50]], np.float32), [7, 3], 4)
+    rois, labels, positive, negative, deltas, gt_inds = (
+        ops.convert_to_numpy(t)
+        for t in targets.roi_targets(proposals, valid, gt_boxes, gt_labels, gt_valid, seed=0)
+    )
+    assert rois.shape == (204, 4) and labels.shape == (204,)
+    np.testing.assert_array_equal(rois[:4], gt_boxes)
+    assert positive[:2].all() and not positive[2:4].any() and not negative[2:4].any()  # padded gt rows
+    assert not positive[4 + 180:].any() and not negative[4 + 180:].any()  # padded proposals
+    expected_inds, _, expected_labels = numpy_assign(proposals[:180], gt_boxes[:2], gt_labels[:2], 0.5, 0.5, 0.5)
+    np.testing.assert_array_equal(gt_inds[4:184], expected_inds)
+    assert positive.sum() == 2 + (expected_inds > 0).sum()  # fewer than 128: all of them
+    assert negative.sum() == min(512 - positive.sum(), (expected_inds == 0).sum())
+    np.testing.assert_array_equal(labels[positive], np.asarray(gt_labels)[gt_inds[positive] - 1])
+    matched = gt_boxes[gt_inds[positive] - 1]
+    np.testing.assert_allclose(deltas[positive],
+                               ops.convert_to_numpy(box_coder.encode(rois[positive], matched,
+                                                                     box_coder.BBOX_HEAD_STDS)), rtol=1e-5)
+    np.testing.assert_array_equal(deltas[0], [0, 0, 0, 0])  # a ground-truth box onto itself

@@ -58,7 +58,7 @@ def box_iou(boxes1, boxes2):
 
 
 def max_iou_assign(boxes, gt_boxes, gt_labels, gt_valid, pos_iou_thr, neg_iou_thr, min_pos_iou=0.0,
-                   match_low_quality=True, gt_max_assign_all=True):
+                   match_low_quality=True, gt_max_assign_all=True, box_valid=None):
     """mmdet's ``MaxIoUAssigner`` for one image.
 
     Args:
@@ -66,6 +66,10 @@ def max_iou_assign(boxes, gt_boxes, gt_labels, gt_valid, pos_iou_thr, neg_iou_th
         gt_boxes: ``(G, 4)`` ground truth, padded; ``gt_valid`` ``(G,)`` bool
             says which are real. ``gt_labels``: ``(G,)`` int.
         neg_iou_thr: a float, or a ``(low, high)`` pair.
+        box_valid: ``(N,)`` bool, the candidates taking part (default all):
+            the others stay ``-1`` and are no box's best match (mmdet leaves
+            them out: anchors over another image's padding, padded
+            proposals).
 
     Returns:
         ``(gt_inds, max_overlaps, labels)``, each ``(N,)``: ``-1`` ignored,
@@ -77,6 +81,8 @@ def max_iou_assign(boxes, gt_boxes, gt_labels, gt_valid, pos_iou_thr, neg_iou_th
     overlaps = box_iou(gt_boxes, boxes)
     # padded boxes below any real IoU: never the best of a candidate
     overlaps = ops.where(gt_valid[:, None], overlaps, -1.0)
+    if box_valid is not None:
+        overlaps = ops.where(ops.convert_to_tensor(box_valid, "bool")[None, :], overlaps, -1.0)
     num_gts = ops.shape(overlaps)[0]
     has_gt = ops.any(gt_valid)
 

@@ -1,5 +1,8 @@
 """What the heads learn from, for the sampled candidates (mmdet 2.23's
-``get_targets``), given an assignment (:mod:`.assigner`).
+``get_targets``), given an assignment (:mod:`.assigner`); and the two
+heads' targets end to end: :func:`rpn_targets` (anchors: assign, sample,
+deltas) and :func:`roi_targets` (proposals and the ground truth added:
+assign, sample, labels, deltas).
 
 * **Box targets**: a positive candidate's deltas onto its ground-truth box
   (:func:`.box_coder.encode`; the RPN with stds 1, the box head with
@@ -13,7 +16,8 @@
 import numpy as np
 from keras import ops
 
-from .box_coder import encode
+from . import assigner
+from .box_coder import BBOX_HEAD_STDS, RPN_STDS, encode
 from .roi_align import roi_align
 
 MASK_SIZE = 28
@@ -50,4 +54,44 @@ def mask_targets(gt_masks, boxes, gt_index, mask_size=MASK_SIZE):
     return (ops.convert_to_numpy(pooled)[..., 0] >= 0.5).astype(np.float32)
 
 
-__all__ = ["MASK_SIZE", "box_targets", "mask_targets"]
+def rpn_targets(anchors, anchor_valid, gt_boxes, gt_valid, seed=None, assign_cfg=None, sample_cfg=None):
+    """One image's RPN targets: ``(positive, negative, deltas)``, each per
+    anchor (``(A,)``, ``(A,)``, ``(A, 4)``).
+
+    ``anchor_valid``: the anchors over the image itself, not over the
+    padding added to batch it with larger ones (mmdet's ``valid_flags``);
+    ``gt_boxes`` ``(G, 4)`` padded, ``gt_valid`` ``(G,)``; ``seed`` as
+    :func:`.assigner.random_sample` takes it.
+    """
+    assign_cfg = assign_cfg or assigner.RPN_ASSIGNER
+    sample_cfg = dict(sample_cfg or assigner.RPN_SAMPLER)
+    sample_cfg.pop("add_gt_as_proposals", None)  # anchors only
+    labels = ops.zeros(ops.shape(ops.convert_to_tensor(gt_valid)), "int32")
+    gt_inds, _, _ = assigner.max_iou_assign(anchors, gt_boxes, labels, gt_valid, box_valid=anchor_valid,
+                                            **assign_cfg)
+    positive, negative = assigner.random_sample(gt_inds, seed=seed, **sample_cfg)
+    deltas = box_targets(anchors, gt_boxes, ops.where(positive, gt_inds, 0), RPN_STDS)
+    return positive, negative, deltas
+
+
+def roi_targets(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, seed=None, assign_cfg=None,
+                sample_cfg=None):
+    """One image's box-head targets over its proposals with the ground
+    truth added in front: ``(rois, labels, positive, negative, deltas,
+    gt_inds)``, each per row (``(G + P, 4)``, ``(G + P,)``, ...);
+    ``gt_inds - 1`` indexes the positives' ground truth (their masks)."""
+    assign_cfg = assign_cfg or assigner.RCNN_ASSIGNER
+    sample_cfg = dict(sample_cfg or assigner.RCNN_SAMPLER)
+    add_gt = sample_cfg.pop("add_gt_as_proposals", True)
+    gt_inds, _, labels = assigner.max_iou_assign(proposals, gt_boxes, gt_labels, gt_valid,
+                                                 box_valid=proposal_valid, **assign_cfg)
+    rois = ops.convert_to_tensor(proposals, "float32")
+    if add_gt:
+        rois, gt_inds, labels, _ = assigner.with_gt_as_proposals(rois, gt_inds, labels, gt_boxes, gt_labels,
+                                                                 gt_valid)
+    positive, negative = assigner.random_sample(gt_inds, seed=seed, **sample_cfg)
+    deltas = box_targets(rois, gt_boxes, ops.where(positive, gt_inds, 0), BBOX_HEAD_STDS)
+    return rois, labels, positive, negative, deltas, gt_inds
+
+
+__all__ = ["MASK_SIZE", "box_targets", "mask_targets", "roi_targets", "rpn_targets"]
