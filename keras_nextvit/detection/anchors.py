@@ -53,4 +53,20 @@ def level_anchors(level_shapes, strides=STRIDES):
     return [grid_anchors(s, h, w) for s, (h, w) in zip(strides, level_shapes)]
 
 
-__all__ = ["RATIOS", "SCALES", "STRIDES", "base_anchors", "grid_anchors", "level_anchors"]
+def valid_flags(level_shapes, pad_shape, strides=STRIDES, num_base_anchors=len(RATIOS) * len(SCALES)):
+    """mmdet's ``valid_flags`` for training: ``(sum of h_i * w_i * A,)`` bool,
+    True for the anchors of the positions over the image's own padded size
+    ``pad_shape`` ``(height, width)`` (a batch is padded to its largest
+    image: the positions beyond a smaller image's ``ceil(pad / stride)``
+    are not its own)."""
+    flags = []
+    for stride, (height, width) in zip(strides, level_shapes):
+        valid_h = min(int(np.ceil(pad_shape[0] / stride)), height)
+        valid_w = min(int(np.ceil(pad_shape[1] / stride)), width)
+        grid = np.zeros((height, width), bool)
+        grid[:valid_h, :valid_w] = True
+        flags.append(np.repeat(grid.reshape(-1), num_base_anchors))
+    return np.concatenate(flags)
+
+
+__all__ = ["RATIOS", "SCALES", "STRIDES", "base_anchors", "grid_anchors", "level_anchors", "valid_flags"]

@@ -26,7 +26,6 @@ so a resized pixel can differ from mmcv's by one grey level.
 """
 
 import contextlib
-import math
 
 import keras
 import numpy as np
@@ -258,7 +257,8 @@ def prepare(images, scale=TEST_SCALE, size_divisor=SIZE_DIVISOR):
     ori_shapes)``, the batch padded to its largest image, a multiple of
     ``size_divisor``."""
     from ..preprocessing import preprocess_input
-    from ..segmentation.inference import read_image, rescaled_size, resize_bilinear_numpy
+    from ..segmentation.inference import read_image
+    from .pipeline import padded_size, rescale_image
 
     arrays = [read_image(image) for image in images]
     resized, img_shapes, ori_shapes, scale_factors = [], [], [], []
@@ -269,16 +269,12 @@ def prepare(images, scale=TEST_SCALE, size_divisor=SIZE_DIVISOR):
                 f"The image is {height}x{width} pixels; the detector needs at least "
                 f"{MIN_IMAGE_SIZE} pixels on each side."
             )
-        new_h, new_w = rescaled_size(height, width, scale)
-        if (new_h, new_w) != (height, width):
-            array = np.clip(np.round(resize_bilinear_numpy(array, (new_h, new_w))), 0, 255).astype(np.uint8)
+        array, scale_factor = rescale_image(array, scale)
         resized.append(preprocess_input(array))
-        img_shapes.append((new_h, new_w, 3))
+        img_shapes.append(array.shape)
         ori_shapes.append((height, width, 3))
-        w_scale, h_scale = np.float32(new_w / width), np.float32(new_h / height)
-        scale_factors.append((w_scale, h_scale, w_scale, h_scale))
-    pad_h = math.ceil(max(s[0] for s in img_shapes) / size_divisor) * size_divisor
-    pad_w = math.ceil(max(s[1] for s in img_shapes) / size_divisor) * size_divisor
+        scale_factors.append(scale_factor)
+    pad_h, pad_w = padded_size(max(s[0] for s in img_shapes), max(s[1] for s in img_shapes), size_divisor)
     batch = np.zeros((len(resized), pad_h, pad_w, 3), np.float32)
     for i, image in enumerate(resized):
         batch[i, : image.shape[0], : image.shape[1]] = image

@@ -1,0 +1,88 @@
+"""mmdet's training pipeline for one annotated image
+(keras_nextvit.detection.pipeline) and the anchors' valid flags, against
+hand-computed values and the test pipeline."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from keras_nextvit.detection import anchors, dataset, inference, pipeline
+from keras_nextvit.segmentation import data as seg_data
+
+
+def rle(mask):
+    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    encoded["counts"] = encoded["counts"].decode()
+    return encoded
+
+
+@pytest.fixture
+def record(tmp_path):
+    rng = np.random.default_rng(0)
+    height, width = 150, 230
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    first = np.zeros((height, width), bool)
+    first[20:90, 30:120] = True
+    second = np.zeros((height, width), bool)
+    second[100:150, 200:230] = True  # reaches the bottom-right corner
+    return dataset.Instances(
+        path=str(tmp_path / "photo.png"), image_id=1, height=height, width=width,
+        boxes=np.array([[30, 20, 120, 90], [200, 100, 240, 160]], np.float32),  # the second beyond the image
+        labels=np.array([3, 1]), segmentations=[rle(first), rle(second)], ignored_boxes=np.zeros((0, 4), np.float32),
+    )
+
+
+def test_resize_normalise_pad(record):
+    example = pipeline.training_example(record)
+    # 150 x 230 -> factor min(1333 / 230, 800 / 150) = 5.333: 800 x int(230 * 5.333 + 0.5) = 1227
+    assert example.img_shape == (800, 1227) and example.pad_shape == (800, 1248)
+    np.testing.assert_array_equal(example.scale_factor, np.float32([1227 / 230, 800 / 150] * 2))
+    # the image is exactly what the test pipeline feeds the detector
+    batch, img_shapes, scale_factors, _ = inference.prepare([record.path])
+    np.testing.assert_array_equal(example.image, batch[0])
+    np.testing.assert_array_equal(example.scale_factor, scale_factors[0])
+    w_scale, h_scale = example.scale_factor[:2]
+    np.testing.assert_allclose(example.boxes, [[30 * w_scale, 20 * h_scale, 120 * w_scale, 90 * h_scale],
+                                               [200 * w_scale, 100 * h_scale, 1227, 800]], rtol=1e-6)
+    np.testing.assert_array_equal(example.labels, [3, 1])
+    assert example.masks.shape == (2, 800, 1248) and example.masks.dtype == np.uint8
+    assert not example.masks[:, :, 1227:].any()  # padding
+    resized = seg_data._resize_nearest(record.masks().transpose(1, 2, 0), 800, 1227).numpy().transpose(2, 0, 1)
+    np.testing.assert_array_equal(example.masks[:, :, :1227], resized)  # OpenCV's nearest, as segmentation has it
+
+
+def test_flip_mirrors_image_boxes_and_masks(record):
+    plain = pipeline.training_example(record)
+    flipped = pipeline.training_example(record, flip=True)
+    assert flipped.flipped and flipped.img_shape == plain.img_shape
+    width = plain.img_shape[1]
+    np.testing.assert_array_equal(flipped.image[:, :width], plain.image[:, :width][:, ::-1])
+    np.testing.assert_array_equal(flipped.masks[:, :, :width], plain.masks[:, :, :width][:, :, ::-1])
+    np.testing.assert_allclose(flipped.boxes[:, [0, 2]], width - plain.boxes[:, [2, 0]])
+    np.testing.assert_array_equal(flipped.boxes[:, [1, 3]], plain.boxes[:, [1, 3]])
+    assert flipped.boxes[1, 0] == 0  # the box at the right edge now starts at the left one
+
+
+def test_an_image_unlike_its_annotations_is_named(record):
+    record.height = 151
+    with pytest.raises(ValueError, match=r"photo.png is 150x230 pixels; its annotations say 151x230"):
+        pipeline.training_example(record)
+
+
+def test_resize_nearest_reads_the_floor_of_the_scaled_index():
+    row = np.arange(5)[None, :]
+    np.testing.assert_array_equal(pipeline.resize_nearest(row, (1, 12)), [[0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4]])
+    np.testing.assert_array_equal(pipeline.resize_nearest(row, (1, 2)), [[0, 2]])
+
+
+def test_valid_flags_cover_the_images_own_positions():
+    # stride 8 and 16 levels of a batch padded to 64 x 96, for an image padded to 40 x 56
+    flags = anchors.valid_flags([(8, 12), (4, 6)], (40, 56), strides=(8, 16))
+    assert flags.shape == ((8 * 12 + 4 * 6) * 3,)
+    first = flags[: 8 * 12 * 3].reshape(8, 12, 3)
+    assert first[:5, :7].all() and not first[5:].any() and not first[:, 7:].any()  # ceil(40/8), ceil(56/8)
+    second = flags[8 * 12 * 3:].reshape(4, 6, 3)
+    assert second[:3, :4].all() and second.sum() == 3 * 4 * 3  # ceil(40/16), ceil(56/16)
+    assert anchors.valid_flags([(8, 12)], (64, 96), strides=(8,)).all()
