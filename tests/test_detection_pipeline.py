@@ -86,3 +86,33 @@ def test_valid_flags_cover_the_images_own_positions():
     second = flags[8 * 12 * 3:].reshape(4, 6, 3)
     assert second[:3, :4].all() and second.sum() == 3 * 4 * 3  # ceil(40/16), ceil(56/16)
     assert anchors.valid_flags([(8, 12)], (64, 96), strides=(8,)).all()
+
+
+def test_collate_pads_images_and_ground_truth(record):
+    from keras import ops
+
+    from keras_nextvit.detection import targets
+
+    big = pipeline.training_example(record)
+    record.boxes, record.labels = record.boxes[:1], record.labels[:1]
+    record.segmentations = record.segmentations[:1]
+    small = pipeline.training_example(record, scale=(400, 300))  # 150 x 230 -> 261 x 400
+    batch = pipeline.collate([small, big])
+    assert batch["images"].shape == (2, 800, 1248, 3)
+    assert not batch["images"][0, 288:].any() and not batch["images"][0, :, 416:].any()
+    np.testing.assert_array_equal(batch["images"][1], big.image)
+    np.testing.assert_array_equal(batch["gt_valid"], [[True, False], [True, True]])
+    np.testing.assert_array_equal(batch["gt_boxes"][1], big.boxes)
+    np.testing.assert_array_equal(batch["gt_labels"], [[3, 0], [3, 1]])
+    np.testing.assert_array_equal(batch["pad_shapes"], [[288, 416], [800, 1248]])
+    assert [m.shape for m in batch["masks"]] == [(1, 288, 416), (2, 800, 1248)]
+    with pytest.raises(ValueError, match="An image has 2 instances; max_instances is 1"):
+        pipeline.collate([small, big], max_instances=1)
+    # the RPN's targets of the batch: the small image's anchors over the padding take no part
+    levels = [(800 // s, 1248 // s) for s in (4, 8, 16, 32)] + [(13, 20)]
+    positive, negative, deltas = (ops.convert_to_numpy(t) for t in targets.rpn_batch_targets(levels, batch, seed=0))
+    total = sum(h * w * 3 for h, w in levels)
+    assert positive.shape == negative.shape == (2, total) and deltas.shape == (2, total, 4)
+    own = anchors.valid_flags(levels, (288, 416))
+    assert not (positive[0] | negative[0])[~own].any()
+    assert positive.sum(1).min() > 0 and ((positive | negative).sum(1) == 256).all()

@@ -102,5 +102,36 @@ def training_example(record, flip=False, scale=SCALE, size_divisor=SIZE_DIVISOR)
     )
 
 
-__all__ = ["SCALE", "SIZE_DIVISOR", "TrainingExample", "padded_size", "rescale_image", "resize_nearest",
-           "training_example"]
+def collate(examples, max_instances=None):
+    """A batch of :class:`TrainingExample`: the images padded together to the
+    largest (as mmdet's collate: each keeps its own ``pad_shape``), the
+    ground truth padded to ``max_instances`` boxes (default: the most in
+    the batch) with a validity mask. Returns a dict: ``images`` (B, H, W, 3),
+    ``gt_boxes`` (B, G, 4), ``gt_labels`` (B, G), ``gt_valid`` (B, G),
+    ``img_shapes`` and ``pad_shapes`` (B, 2), ``masks`` (a list of each
+    image's ``(K, Hp, Wp)``)."""
+    if not examples:
+        raise ValueError("collate needs at least one example.")
+    counts = [len(e.boxes) for e in examples]
+    size = max(counts) if max_instances is None else int(max_instances)
+    if max(counts) > size:
+        raise ValueError(f"An image has {max(counts)} instances; max_instances is {size}.")
+    height = max(e.image.shape[0] for e in examples)
+    width = max(e.image.shape[1] for e in examples)
+    images = np.zeros((len(examples), height, width, 3), np.float32)
+    gt_boxes = np.zeros((len(examples), size, 4), np.float32)
+    gt_labels = np.zeros((len(examples), size), np.int32)
+    gt_valid = np.zeros((len(examples), size), bool)
+    for b, (example, count) in enumerate(zip(examples, counts)):
+        images[b, : example.image.shape[0], : example.image.shape[1]] = example.image
+        gt_boxes[b, :count], gt_labels[b, :count], gt_valid[b, :count] = example.boxes, example.labels, True
+    return {
+        "images": images, "gt_boxes": gt_boxes, "gt_labels": gt_labels, "gt_valid": gt_valid,
+        "img_shapes": np.array([e.img_shape for e in examples]),
+        "pad_shapes": np.array([e.pad_shape for e in examples]),
+        "masks": [e.masks for e in examples],
+    }
+
+
+__all__ = ["SCALE", "SIZE_DIVISOR", "TrainingExample", "collate", "padded_size", "rescale_image",
+           "resize_nearest", "training_example"]

@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from . import assigner
+from .anchors import level_anchors, valid_flags
 from .box_coder import BBOX_HEAD_STDS, RPN_STDS, encode
 from .roi_align import roi_align
 
@@ -74,6 +75,24 @@ def rpn_targets(anchors, anchor_valid, gt_boxes, gt_valid, seed=None, assign_cfg
     return positive, negative, deltas
 
 
+def rpn_batch_targets(level_shapes, batch, seed=None):
+    """:func:`rpn_targets` for a batch (:func:`.pipeline.collate`) whose RPN
+    maps have ``level_shapes`` ``[(h, w), ...]`` (P2..P6): ``(positive,
+    negative, deltas)``, ``(B, A)``, ``(B, A)``, ``(B, A, 4)``, the anchors
+    of all levels in the RPN's order."""
+    import keras
+
+    anchors = np.concatenate(level_anchors([tuple(int(d) for d in s) for s in level_shapes]))
+    if isinstance(seed, int) or seed is None:
+        seed = keras.random.SeedGenerator(seed)
+    per_image = [
+        rpn_targets(anchors, valid_flags(level_shapes, pad_shape), batch["gt_boxes"][b], batch["gt_valid"][b],
+                    seed=seed)
+        for b, pad_shape in enumerate(batch["pad_shapes"])
+    ]
+    return tuple(ops.stack(parts) for parts in zip(*per_image))
+
+
 def roi_targets(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, seed=None, assign_cfg=None,
                 sample_cfg=None):
     """One image's box-head targets over its proposals with the ground
@@ -94,4 +113,4 @@ def roi_targets(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, seed=N
     return rois, labels, positive, negative, deltas, gt_inds
 
 
-__all__ = ["MASK_SIZE", "box_targets", "mask_targets", "roi_targets", "rpn_targets"]
+__all__ = ["MASK_SIZE", "box_targets", "mask_targets", "roi_targets", "rpn_batch_targets", "rpn_targets"]
