@@ -276,3 +276,23 @@ def test_roi_targets_add_the_ground_truth_and_label_the_positives():
                                ops.convert_to_numpy(box_coder.encode(rois[positive], matched,
                                                                      box_coder.BBOX_HEAD_STDS)), rtol=1e-5)
     np.testing.assert_array_equal(deltas[0], [0, 0, 0, 0])  # a ground-truth box onto itself
+
+
+def test_no_proposals_leave_the_ground_truth():
+    """An RPN without proposals (early in training): the ground truth alone
+    are the box head's candidates."""
+    from keras_nextvit.detection import targets
+
+    gt_boxes, gt_labels, valid = pad(np.array([[5, 5, 40, 40]], np.float32), [2], 2)
+    gt_inds, overlaps, labels = assigner.max_iou_assign(np.zeros((0, 4), np.float32), gt_boxes, gt_labels, valid,
+                                                        0.5, 0.5, 0.5)
+    assert ops.convert_to_numpy(gt_inds).shape == (0,) and ops.convert_to_numpy(labels).shape == (0,)
+    rois, labels, positive, negative, _, _ = (
+        ops.convert_to_numpy(t)
+        for t in targets.roi_targets(np.zeros((0, 4), np.float32), np.zeros(0, bool), gt_boxes, gt_labels, valid,
+                                     seed=0)
+    )
+    assert rois.shape == (2, 4)
+    np.testing.assert_array_equal(positive, [True, False])
+    np.testing.assert_array_equal(labels, [2, -1])
+    assert not negative.any()

@@ -78,6 +78,8 @@ def max_iou_assign(boxes, gt_boxes, gt_labels, gt_valid, pos_iou_thr, neg_iou_th
         ``-1``.
     """
     gt_valid = ops.convert_to_tensor(gt_valid, "bool")
+    if ops.shape(ops.convert_to_tensor(boxes))[0] == 0:  # no candidates (an RPN without proposals)
+        return ops.zeros((0,), "int32"), ops.zeros((0,), "float32"), ops.zeros((0,), "int32")
     overlaps = box_iou(gt_boxes, boxes)
     # padded boxes below any real IoU: never the best of a candidate
     overlaps = ops.where(gt_valid[:, None], overlaps, -1.0)
