@@ -2,7 +2,7 @@
 checkpoints compute it), one module per part:
 
 * :mod:`.anchors` -- mmdet's ``AnchorGenerator`` (RPN anchors of P2..P6);
-* :mod:`.box_coder` -- ``DeltaXYWHBBoxCoder`` decoding;
+* :mod:`.box_coder` -- ``DeltaXYWHBBoxCoder`` decoding and encoding;
 * :mod:`.nms` -- mmcv's ``nms`` / ``batched_nms``;
 * :mod:`.rpn_head` -- ``RPNHead`` and its proposals;
 * :mod:`.roi_align` -- ``RoIAlign`` and the RoI level mapping;
@@ -12,6 +12,12 @@ checkpoints compute it), one module per part:
 * :mod:`.inference` -- the test-time pipeline, stage by stage, and
   :func:`detect` (mmdet's test pipeline in front);
 * :mod:`.coco` -- COCO's class names and category ids.
+
+Training (being built): :mod:`.dataset` (COCO-format instances, as
+``CocoDataset`` reads them), :mod:`.pipeline` (the training pipeline and
+``collate``), :mod:`.assigner` (``MaxIoUAssigner``, ``RandomSampler``),
+:mod:`.targets` (RPN, box and mask targets), :mod:`.losses` (the five
+losses) and :mod:`.training` (the losses of a batch end to end).
 
 The reference these follow is ``tests/data/detection/README.md``.
 """
