@@ -533,10 +533,12 @@ class NCB(_Composite):
 def attention_weights(scores):
     """``softmax(scores)`` over the keys (the last axis). With a single key
     (at a 32x32 input every E-MHSA's tokens pool to one window) the softmax
-    is 1 exactly and its gradient 0: then ones, without the softmax over a
-    size-1 axis that Keras warns about on every call."""
+    is 1 exactly and its gradient 0: then ``scores * 0 + 1``, the same
+    values and gradients (q and k stay connected: a gradient tape gives
+    their weights zeros, not None), without the softmax over a size-1 axis
+    that Keras warns about on every call."""
     if scores.shape[-1] == 1:
-        return ops.ones_like(scores)
+        return scores * 0.0 + 1.0
     return ops.softmax(scores, axis=-1)
 
 

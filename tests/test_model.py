@@ -307,3 +307,10 @@ def test_one_key_attention_is_ones_without_a_warning():
         warnings.simplefilter("always")
         model(np.zeros((1, 32, 32, 3), "float32"), training=False)
     assert not [w for w in caught if "softmax" in str(w.message)], [str(w.message) for w in caught]
+    if keras.backend.backend() == "tensorflow":  # q and k stay connected: zero gradients, not None
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = ops.sum(model(np.ones((1, 32, 32, 3), "float32"), training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        assert not [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
