@@ -144,6 +144,15 @@ def _choose(candidates, count, seed):
     return ops.logical_and(candidates, rank < count)
 
 
+def seed_generator(seed):
+    """``seed`` as a ``keras.random.SeedGenerator``: a generator as it is,
+    an int (or ``None``) made into one. Convert once per batch, so that its
+    images and steps draw different samples."""
+    if isinstance(seed, int) or seed is None:
+        return keras.random.SeedGenerator(seed)
+    return seed
+
+
 def random_sample(gt_inds, num, pos_fraction, neg_pos_ub=-1, seed=None):
     """mmdet's ``RandomSampler`` over assigned candidates (``gt_inds`` as
     :func:`max_iou_assign` returns them, after :func:`with_gt_as_proposals`
@@ -156,8 +165,7 @@ def random_sample(gt_inds, num, pos_fraction, neg_pos_ub=-1, seed=None):
         ``(positive, negative)``: ``(N,)`` bool masks of the sampled
         candidates.
     """
-    if isinstance(seed, int) or seed is None:
-        seed = keras.random.SeedGenerator(seed)
+    seed = seed_generator(seed)
     positive = _choose(gt_inds > 0, int(num * pos_fraction), seed)
     taken = ops.sum(ops.cast(positive, "int32"))
     expected_neg = num - taken
@@ -170,5 +178,5 @@ def random_sample(gt_inds, num, pos_fraction, neg_pos_ub=-1, seed=None):
 
 __all__ = [
     "RCNN_ASSIGNER", "RCNN_SAMPLER", "RPN_ASSIGNER", "RPN_SAMPLER",
-    "box_iou", "max_iou_assign", "random_sample", "with_gt_as_proposals",
+    "box_iou", "max_iou_assign", "random_sample", "seed_generator", "with_gt_as_proposals",
 ]

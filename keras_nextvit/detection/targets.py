@@ -80,11 +80,8 @@ def rpn_batch_targets(level_shapes, batch, seed=None):
     maps have ``level_shapes`` ``[(h, w), ...]`` (P2..P6): ``(positive,
     negative, deltas)``, ``(B, A)``, ``(B, A)``, ``(B, A, 4)``, the anchors
     of all levels in the RPN's order."""
-    import keras
-
     anchors = np.concatenate(level_anchors([tuple(int(d) for d in s) for s in level_shapes]))
-    if isinstance(seed, int) or seed is None:
-        seed = keras.random.SeedGenerator(seed)
+    seed = assigner.seed_generator(seed)
     per_image = [
         rpn_targets(anchors, valid_flags(level_shapes, pad_shape), batch["gt_boxes"][b], batch["gt_valid"][b],
                     seed=seed)

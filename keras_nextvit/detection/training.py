@@ -15,11 +15,10 @@ RoI steps read their sizes from the data).
    cropped to 28x28 (:func:`.targets.mask_targets`).
 """
 
-import keras
 import numpy as np
 from keras import ops
 
-from . import losses, targets
+from . import assigner, losses, targets
 from .anchors import level_anchors
 from .inference import BOX_ROI_SIZE, MASK_ROI_SIZE, _rois
 from .roi_align import multilevel_roi_align
@@ -41,8 +40,7 @@ def detector_losses(detector, batch, seed=None, training=False):
     a batch from :func:`.pipeline.collate`; differentiable with respect to
     the detector's weights. ``training``: the backbone's and heads' training
     mode (BatchNorm statistics, drop path)."""
-    if isinstance(seed, int) or seed is None:
-        seed = keras.random.SeedGenerator(seed)
+    seed = assigner.seed_generator(seed)
     dense = detector(ops.convert_to_tensor(batch["images"], "float32"), training=training)
     pyramid, cls_maps, reg_maps = dense["fpn"], dense["rpn_cls"], dense["rpn_reg"]
     level_shapes = [tuple(int(d) for d in m.shape[1:3]) for m in cls_maps]
