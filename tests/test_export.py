@@ -565,3 +565,39 @@ def test_keras_reference_is_traced_once_per_model():
     after = keras_reference(merged)
     assert after is not before
     np.testing.assert_allclose(after(x), merged(x, training=False), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_exports_of_one_model_share_its_merged_form_and_saved_models(tmp_path, monkeypatch):
+    """Exports of one model fold its BatchNorms once and write one SavedModel
+    per traced form (float: none and float16; integer: int8 and
+    int8_float_attention; dynamic; per batch size); once a weight changes
+    both are made again, and the export follows the new weights."""
+    from keras_nextvit import exporters
+    from keras_nextvit.exporters import tflite
+
+    merged, written = [], []
+    merge, write = exporters.merge_batchnorm, tflite.export_saved_model
+    monkeypatch.setattr(exporters, "merge_batchnorm", lambda m, **k: merged.append(m) or merge(m, **k))
+    # recorded, not written: nothing is converted until the last export
+    monkeypatch.setattr(tflite, "export_saved_model", lambda model, path, *a, **k: written.append(path))
+    model = synthetic_tiny((32, 32, 3))
+    deploy = exporters._fixed_size_model(model, None, merge_bn=True)
+    assert exporters._fixed_size_model(model, None, merge_bn=True) is deploy and len(merged) == 1
+    folders = {q: tflite._converter_saved_model(deploy, q, 1, tflite.MLP_CHUNK_BYTES)
+               for q in ("none", "float16", "int8", "int8_float_attention", "dynamic")}
+    assert folders["none"] == folders["float16"]
+    assert folders["int8"] == folders["int8_float_attention"] != folders["dynamic"]
+    assert written == [folders["none"], folders["int8"], folders["dynamic"]]
+    assert tflite._converter_saved_model(deploy, "none", 2, tflite.MLP_CHUNK_BYTES) == written[-1]
+    assert len(written) == 4
+    # A changed weight: merged and written again (the stale entries are empty
+    # folders, which the converter could not read), and the export is of the
+    # new weights.
+    head = model.get_layer("head_fc").kernel
+    head.assign(-2.0 * head)
+    monkeypatch.setattr(tflite, "export_saved_model", lambda *a, **k: written.append(a[1]) or write(*a, **k))
+    x = nhwc(synthetic_input(3, (2, 3, 32, 32)))
+    report = keras_nextvit.export(model, tmp_path / "after.tflite", verification_data=x)
+    assert len(merged) == 2 and len(written) == 5 and written[-1] not in folders.values()
+    assert report.cosine > 0.9999 and report.top1_agreement == 1.0, str(report)

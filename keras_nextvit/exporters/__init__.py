@@ -26,6 +26,7 @@ from ..reparam import merge_batchnorm
 from ..weights import is_detector
 from . import onnx as onnx_export
 from . import openvino, saved_model, tensorrt, tflite
+from .cache import DerivedCache
 from .verify import ExportReport, verify
 
 FORMATS = ("saved_model", "tflite", "onnx", "openvino", "tensorrt")
@@ -39,8 +40,13 @@ QUANTIZE = {
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
+# merged models, kept while their source lives and its weights are unchanged
+_MERGED = DerivedCache()
+
+
 def _fixed_size_model(model, input_size, merge_bn):
-    """The model to export: merged and/or with a fixed spatial size."""
+    """The model to export: merged and/or with a fixed spatial size. The
+    merged form is made once per model, size and weights (see :mod:`.cache`)."""
     shape = tuple(model.inputs[0].shape[1:])
     if input_size is not None:
         h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
@@ -51,7 +57,7 @@ def _fixed_size_model(model, input_size, merge_bn):
             "height and width. Pass input_size=224 (or (height, width))."
         )
     if merge_bn:
-        return merge_batchnorm(model, input_shape=shape)
+        return _MERGED.get(model, shape, lambda: merge_batchnorm(model, input_shape=shape))
     if shape == tuple(model.inputs[0].shape[1:]):
         return model
     inputs = keras.Input(shape, name="images")

@@ -1,7 +1,9 @@
 """TFLite export: float32, float16, dynamic-range and full-int8 models.
 
 Conversion goes through a SavedModel (the converter's best-supported
-input). Full-integer int8 is post-training quantization calibrated on a
+input), written once per model, traced form and batch size while the
+model's weights are unchanged (the float modes share one form, the integer
+modes another; see :mod:`.cache`). Full-integer int8 is post-training quantization calibrated on a
 representative dataset; its input and output are int8 tensors, and
 :class:`TFLiteRunner` quantizes and dequantizes at the edges. Models run
 with ``ai_edge_litert`` (TensorFlow's own ``tf.lite.Interpreter`` is
@@ -15,6 +17,7 @@ import warnings
 
 import numpy as np
 
+from .cache import DerivedCache
 from .saved_model import SIGNATURE, export_saved_model
 from .verify import run_in_batches, runtime_threads
 
@@ -105,6 +108,30 @@ def xnnpack_forms(model, quantize="none", mlp_chunk_bytes=MLP_CHUNK_BYTES):
             setattr(layer, name, value)
 
 
+# The converter's SavedModels, one per model, traced form and batch size
+# while the model lives and its weights are unchanged: the float modes
+# (none, float16) convert the same form, the integer modes another.
+_SAVED_MODELS = DerivedCache()
+
+
+def _converter_saved_model(model, quantize, batch_size, mlp_chunk_bytes):
+    """The SavedModel folder the converter reads, written on first use."""
+    if quantize.startswith("int8"):
+        form = ("int8", None)
+    elif quantize in ("none", "float16"):
+        form = ("float", mlp_chunk_bytes)
+    else:
+        form = (quantize, None)
+
+    def write():
+        folder = tempfile.TemporaryDirectory(prefix="keras_nextvit_tflite_")  # removed with the entry
+        with xnnpack_forms(model, quantize, mlp_chunk_bytes):
+            export_saved_model(model, os.path.join(folder.name, "saved_model"), batch_size, for_converter=True)
+        return folder
+
+    return os.path.join(_SAVED_MODELS.get(model, (form, batch_size), write).name, "saved_model")
+
+
 def convert(model, quantize="none", representative=None, batch_size=1, mlp_chunk_bytes=MLP_CHUNK_BYTES):
     """TFLite flatbuffer bytes of ``model``.
 
@@ -127,38 +154,35 @@ def convert(model, quantize="none", representative=None, batch_size=1, mlp_chunk
             f"quantize={quantize!r} needs representative_data to calibrate on: "
             "an image folder or an iterable/generator of NHWC float batches."
         )
-    with tempfile.TemporaryDirectory() as tmp, xnnpack_forms(model, quantize, mlp_chunk_bytes):
-        saved = export_saved_model(
-            model, os.path.join(tmp, "saved_model"), batch_size, for_converter=True
-        )
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
-        if quantize != "none":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantize.startswith("int8"):
-            converter.representative_dataset = representative
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-        if quantize == "int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            return symmetric_matmul_operands(converter.convert())
-        if quantize == "int8_float_attention":
-            # The converter's own way to keep chosen ops in float: calibrate,
-            # then quantize everything but the deny-listed operators.
-            with warnings.catch_warnings():
-                # The debugger checks its models with tf.lite.Interpreter, whose
-                # deprecation notice is not about anything the caller does.
-                warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
-                debugger = tf.lite.experimental.QuantizationDebugger(
-                    converter=converter,
-                    debug_dataset=representative,
-                    debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                        denylisted_ops=list(FLOAT_ATTENTION_OPS), fully_quantize=True
-                    ),
-                )
-                return debugger.get_nondebug_quantized_model()
-        return converter.convert()
+    saved = _converter_saved_model(model, quantize, batch_size, mlp_chunk_bytes)
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize.startswith("int8"):
+        converter.representative_dataset = representative
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    if quantize == "int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return symmetric_matmul_operands(converter.convert())
+    if quantize == "int8_float_attention":
+        # The converter's own way to keep chosen ops in float: calibrate,
+        # then quantize everything but the deny-listed operators.
+        with warnings.catch_warnings():
+            # The debugger checks its models with tf.lite.Interpreter, whose
+            # deprecation notice is not about anything the caller does.
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter,
+                debug_dataset=representative,
+                debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                    denylisted_ops=list(FLOAT_ATTENTION_OPS), fully_quantize=True
+                ),
+            )
+            return debugger.get_nondebug_quantized_model()
+    return converter.convert()
 
 
 def symmetric_matmul_operands(flatbuffer):
