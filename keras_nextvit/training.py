@@ -1,44 +1,59 @@
-"""Training and fine-tuning Next-ViT with Keras' ``fit``, on one device or many.
-
-The pieces, each usable on its own:
+"""Training and fine-tuning Next-ViT classifiers with Keras' ``fit``, on
+one device or many: the classification task of the training core
+(:mod:`keras_nextvit.trainer`).
 
 * :class:`Recipe` -- the paper's ImageNet recipe as data (``RECIPES["paper"]``)
   and the upstream 384 fine-tuning recipe (``RECIPES["finetune_384"]``).
-* :class:`WarmupCosineDecay` -- linear warm-up, then cosine decay, per
-  optimizer update.
 * :func:`build_optimizer` -- AdamW (:class:`keras_nextvit.AdamW`, Keras'
   AdamW with its per-step scalars made once per step) with the linearly
-  scaled learning rate, no weight decay on norms and biases, global-norm
-  clipping, optional gradient accumulation and EMA (all Keras' own optimizer
-  features).
-* :class:`TrainingCheckpoint` / :func:`restore_training_state` -- weights,
-  optimizer state (schedule step included) and random-generator states after
-  every epoch; resuming continues exactly where the run stopped.
-* :func:`distribution_scope` -- ``tf.distribute`` (mirrored, multi-worker,
-  TPU) on TensorFlow, ``keras.distribution.DataParallel`` on JAX.
-* :func:`train` -- all of it on an image folder; ``tools/train.py`` is its
-  command line.
+  scaled learning rate on a :class:`WarmupCosineDecay`, no weight decay on
+  norms and biases, global-norm clipping, optional gradient accumulation
+  and EMA.
+* :func:`compile_for_training` -- soft-target cross-entropy, top-1 / top-5.
+* :func:`train` -- all of it on an image folder, with the core's
+  checkpoints and exact resume, mixed precision, distribution
+  (:func:`distribution_scope`) and logs; ``tools/train.py`` is its command
+  line.
+
+The core's pieces are importable from here too (``training.WarmupCosineDecay``,
+``training.distribution_scope``, ``training.restore_training_state``, ...).
 """
 
 import contextlib
 import dataclasses
-import json
-import math
-import os
-import pathlib
-import shutil
-import tempfile
 
 import keras
-import numpy as np
-from keras import ops
 
 from . import data as data_lib
-from . import finetune, presets
-from .optimizers import AdamW
+from . import finetune, presets, trainer
+from .trainer import (  # noqa: F401  (the core's names, as this module has always offered them)
+    CHECKPOINT_RNG,
+    CHECKPOINT_STATE,
+    CHECKPOINT_WEIGHTS,
+    DISTRIBUTIONS,
+    MIXED_PRECISION,
+    StepLog,
+    TrainingCheckpoint,
+    TrainingResult,
+    TrainingTask,
+    WarmupCosineDecay,
+    adamw,
+    build_optimizer_variables,
+    distribution_scope,
+    no_weight_decay_variables,
+    restore_training_state,
+    run,
+    save_training_state,
+    synchronize_batchnorm,
+)
 
-DISTRIBUTIONS = ("none", "mirrored", "multiworker", "tpu", "data_parallel")
-MIXED_PRECISION = {None: None, "none": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+__all__ = [
+    "CHECKPOINT_RNG", "CHECKPOINT_STATE", "CHECKPOINT_WEIGHTS", "ClassificationTask", "DISTRIBUTIONS",
+    "MIXED_PRECISION", "RECIPES", "Recipe", "StepLog", "TrainingCheckpoint", "TrainingResult",
+    "WarmupCosineDecay", "build_optimizer", "build_optimizer_variables", "compile_for_training",
+    "distribution_scope", "get_recipe", "no_weight_decay_variables", "restore_training_state",
+    "save_training_state", "synchronize_batchnorm", "train",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,71 +110,8 @@ RECIPES = {
 
 
 def get_recipe(recipe):
-    if isinstance(recipe, Recipe):
-        return recipe
-    if recipe not in RECIPES:
-        raise ValueError(f"Unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}.")
-    return RECIPES[recipe]
-
-
-@keras.saving.register_keras_serializable(package="keras_nextvit")
-class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from ``warmup_lr`` to ``peak_lr``, then cosine to ``min_lr``.
-
-    Steps are optimizer updates. Keras passes the schedule its micro-step
-    counter, which with gradient accumulation advances ``steps_per_update``
-    times per update; the schedule divides it back.
-    ``schedule="constant"`` holds ``peak_lr`` after the warm-up.
-    """
-
-    def __init__(
-        self,
-        peak_lr,
-        total_steps,
-        warmup_steps=0,
-        warmup_lr=1e-6,
-        min_lr=1e-5,
-        schedule="cosine",
-        steps_per_update=1,
-    ):
-        if schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}.")
-        self.peak_lr = float(peak_lr)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_lr = float(warmup_lr)
-        self.min_lr = float(min_lr)
-        self.schedule = schedule
-        self.steps_per_update = int(steps_per_update)
-
-    def __call__(self, step):
-        step = ops.floor_divide(ops.cast(step, "int32"), self.steps_per_update)
-        step = ops.cast(step, "float32")
-        warm = self.warmup_lr + (self.peak_lr - self.warmup_lr) * step / max(self.warmup_steps, 1)
-        if self.schedule == "constant":
-            after = ops.convert_to_tensor(self.peak_lr, "float32")
-        else:
-            progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
-            progress = ops.clip(progress, 0.0, 1.0)
-            cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
-            after = self.min_lr + (self.peak_lr - self.min_lr) * cosine
-        return ops.where(step < self.warmup_steps, warm, after)
-
-    def get_config(self):
-        return dict(
-            peak_lr=self.peak_lr,
-            total_steps=self.total_steps,
-            warmup_steps=self.warmup_steps,
-            warmup_lr=self.warmup_lr,
-            min_lr=self.min_lr,
-            schedule=self.schedule,
-            steps_per_update=self.steps_per_update,
-        )
-
-
-def no_weight_decay_variables(model):
-    """Norm scales/offsets and biases: every trainable variable of rank <= 1."""
-    return [v for v in model.trainable_variables if len(v.shape) <= 1]
+    """A :class:`Recipe`, or the name of one of :data:`RECIPES`."""
+    return trainer.get_recipe(recipe, RECIPES, Recipe)
 
 
 def build_optimizer(recipe, model, batch_size, steps_per_epoch, gradient_accumulation=1):
@@ -183,19 +135,11 @@ def build_optimizer(recipe, model, batch_size, steps_per_epoch, gradient_accumul
         schedule=recipe.schedule,
         steps_per_update=accumulation,
     )
-    optimizer = AdamW(
-        learning_rate=schedule,
-        weight_decay=recipe.weight_decay,
-        beta_1=recipe.beta_1,
-        beta_2=recipe.beta_2,
-        epsilon=recipe.epsilon,
-        global_clipnorm=recipe.clip_norm or None,
-        gradient_accumulation_steps=accumulation if accumulation > 1 else None,
-        use_ema=recipe.ema_momentum is not None,
-        ema_momentum=recipe.ema_momentum or 0.99,
+    return adamw(
+        model, schedule, recipe.weight_decay, recipe.beta_1, recipe.beta_2, recipe.epsilon,
+        clip_norm=recipe.clip_norm, no_decay="rank1", gradient_accumulation=accumulation,
+        ema_momentum=recipe.ema_momentum,
     )
-    optimizer.exclude_from_weight_decay(var_list=no_weight_decay_variables(model))
-    return optimizer
 
 
 def compile_for_training(model, optimizer, num_classes, jit_compile="auto"):
@@ -212,265 +156,7 @@ def compile_for_training(model, optimizer, num_classes, jit_compile="auto"):
     return build_optimizer_variables(model)
 
 
-def build_optimizer_variables(model):
-    """Create the compiled optimizer's variables (moments, EMA copies,
-    accumulators) now. Left to Keras, TensorFlow creates them inside the first
-    trace of the training step, and a ``tf.function`` that creates variables
-    is traced a second time: a trace of the training step costs ~4 s for the
-    tiny Next-ViT (depths 1, 1, 5, 1) and 33 s for Next-ViT-S on two cores.
-    Call it inside the distribution scope the model was built in."""
-    optimizer = model.optimizer
-    if optimizer is not None and not optimizer.built:
-        optimizer.build(model.trainable_variables)
-    return model
-
-
-# ---------------------------------------------------------------- checkpoints
-
-CHECKPOINT_WEIGHTS = "last.weights.h5"  # model and optimizer variables
-CHECKPOINT_RNG = "last.rng.npz"  # random-generator states (drop path, dropout)
-CHECKPOINT_STATE = "state.json"  # epochs done
-
-
-def _seed_states(model):
-    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
-
-
-def save_training_state(model, directory, epochs_done, logs=None):
-    """Write what resuming needs; each file is replaced atomically."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "partial.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, directory / CHECKPOINT_WEIGHTS)
-    states = {str(i): np.asarray(v) for i, v in enumerate(_seed_states(model))}
-    with open(directory / "partial.rng.npz", "wb") as handle:
-        np.savez(handle, **states)
-    os.replace(directory / "partial.rng.npz", directory / CHECKPOINT_RNG)
-    state = {"epoch": int(epochs_done)}
-    if logs:
-        state["logs"] = {k: float(v) for k, v in logs.items()}
-    (directory / "partial.json").write_text(json.dumps(state, indent=1))
-    os.replace(directory / "partial.json", directory / CHECKPOINT_STATE)
-
-
-def restore_training_state(model, directory):
-    """Load the last checkpoint in ``directory``; returns the epochs done (0 if none).
-
-    ``model`` must be compiled with the optimizer it trained with.
-    """
-    directory = pathlib.Path(directory)
-    state_path = directory / CHECKPOINT_STATE
-    if not state_path.exists():
-        return 0
-    state = json.loads(state_path.read_text())
-    build_optimizer_variables(model)
-    model.load_weights(directory / CHECKPOINT_WEIGHTS)
-    with np.load(directory / CHECKPOINT_RNG) as saved:
-        variables = _seed_states(model)
-        if len(saved.files) != len(variables):
-            raise ValueError(
-                f"Checkpoint {str(directory)!r} has {len(saved.files)} random-generator "
-                f"states; the model has {len(variables)}. Was it written by another model?"
-            )
-        for i, variable in enumerate(variables):
-            variable.assign(saved[str(i)])
-    return int(state["epoch"])
-
-
-def _is_chief():
-    """Whether this process writes checkpoints and logs (always, unless it is
-    one of several workers and not the first)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.process_index() == 0
-    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    task = config.get("task", {})
-    if not task:
-        return True
-    return task.get("type") == "chief" or (
-        task.get("type") == "worker"
-        and task.get("index", 0) == 0
-        and "chief" not in config.get("cluster", {})
-    )
-
-
-def _on_every_worker(save, directory):
-    """Run ``save(directory)`` on the chief, ``save(scratch)`` elsewhere.
-
-    Reading distributed variables can be a collective operation, so every
-    worker must save; only the chief's copy is kept.
-    """
-    if _is_chief():
-        save(pathlib.Path(directory))
-        return
-    scratch = tempfile.mkdtemp()
-    try:
-        save(pathlib.Path(scratch))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-class TrainingCheckpoint(keras.callbacks.Callback):
-    """Saves :func:`save_training_state` after every epoch.
-
-    Under multi-worker training every worker takes part in reading the
-    variables; only the chief's copy lands in ``directory``.
-    """
-
-    def __init__(self, directory):
-        super().__init__()
-        self.directory = pathlib.Path(directory)
-
-    def on_epoch_end(self, epoch, logs=None):
-        _on_every_worker(
-            lambda directory: save_training_state(self.model, directory, epoch + 1, logs),
-            self.directory,
-        )
-
-
-class StepLog(keras.callbacks.Callback):
-    """Keeps the loss of every step (Keras' logs hold the epoch's running mean)."""
-
-    def __init__(self):
-        super().__init__()
-        self.losses = []
-        self._seen = 0
-        self._mean = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._seen, self._mean = 0, 0.0
-
-    def on_train_batch_end(self, batch, logs=None):
-        mean = float(logs["loss"])
-        self._seen += 1
-        self.losses.append(mean * self._seen - self._mean * (self._seen - 1))
-        self._mean = mean
-
-
-# --------------------------------------------------------------- distribution
-
-
-def distribution_scope(name):
-    """Set up data-parallel training; returns ``(context, num_replicas)``.
-
-    * ``none`` -- one device.
-    * ``mirrored`` -- ``tf.distribute.MirroredStrategy``: all local GPUs (or
-      CPUs/logical devices) of this machine.
-    * ``multiworker`` -- ``tf.distribute.MultiWorkerMirroredStrategy``; the
-      cluster comes from ``TF_CONFIG`` on every machine. Blocked by Keras
-      (keras-team/keras#20585): it stops with a message naming the JAX route.
-    * ``tpu`` -- ``tf.distribute.TPUStrategy`` on the TPU the cluster
-      resolver finds.
-    * ``data_parallel`` -- JAX backend: ``keras.distribution.DataParallel``
-      over all devices (set globally for the process); over several
-      machines when ``KERAS_DISTRIBUTION_NUM_PROCESSES`` > 1 (see
-      :func:`_initialize_jax_processes`).
-
-    Build and compile the model inside ``context``.
-    """
-    name = name or "none"
-    if name not in DISTRIBUTIONS:
-        raise ValueError(f"Unknown distribution {name!r}; choose one of {DISTRIBUTIONS}.")
-    backend = keras.backend.backend()
-    if name == "none":
-        return contextlib.nullcontext(), 1
-    if name == "data_parallel":
-        if backend != "jax":
-            raise ValueError(
-                "distribution='data_parallel' uses keras.distribution, which shards "
-                f"over JAX devices; the Keras backend is {backend!r}. Set KERAS_BACKEND=jax, "
-                "or use 'mirrored' / 'multiworker' / 'tpu' on TensorFlow."
-            )
-        if os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1") not in ("", "1"):
-            _initialize_jax_processes()
-        devices = keras.distribution.list_devices()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return contextlib.nullcontext(), len(devices)
-    if backend != "tensorflow":
-        raise ValueError(
-            f"distribution={name!r} is a tf.distribute strategy and needs the TensorFlow "
-            f"backend; the Keras backend is {backend!r}. On JAX use 'data_parallel'."
-        )
-    import tensorflow as tf
-
-    if name == "mirrored":
-        strategy = tf.distribute.MirroredStrategy()
-    elif name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError(
-                "distribution='multiworker' needs TF_CONFIG on every machine, e.g. "
-                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                '"task": {"type": "worker", "index": 0}} (see the README).'
-            )
-        if not _KERAS_FIT_SUPPORTS_MULTIWORKER:
-            raise NotImplementedError(
-                f"Keras {keras.__version__} cannot fit() under "
-                "tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585: the "
-                "first batch's shape probe and the per-step log reduction both fail). "
-                "Train on several machines with the JAX backend instead: "
-                "KERAS_BACKEND=jax, distribution='data_parallel' and "
-                "KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID on every "
-                "machine (see the README)."
-            )
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    else:
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, RuntimeError, tf.errors.OpError) as error:
-            raise RuntimeError(
-                "distribution='tpu' found no TPU to connect to (TPUClusterResolver: "
-                f"{error}). Run on a TPU VM or set TPU_NAME."
-            ) from error
-        strategy = tf.distribute.TPUStrategy(resolver)
-    return strategy.scope(), strategy.num_replicas_in_sync
-
-
-# Set to True once a Keras release fixes keras-team/keras#20585.
-_KERAS_FIT_SUPPORTS_MULTIWORKER = False
-
-
-def _initialize_jax_processes():
-    """Join a multi-process JAX job (one process per machine, or per GPU).
-
-    ``keras.distribution.initialize`` reads the coordinator address, the
-    process count and this process's index from
-    ``KERAS_DISTRIBUTION_JOB_ADDRESSES``, ``KERAS_DISTRIBUTION_NUM_PROCESSES``
-    and ``KERAS_DISTRIBUTION_PROCESS_ID``. CPU processes exchange gradients
-    through gloo.
-    """
-    import jax
-
-    if jax.distributed.is_initialized():
-        return
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    keras.distribution.initialize()
-
-
-def synchronize_batchnorm(model, synchronized=True):
-    """Batch statistics over the global batch under ``tf.distribute``.
-
-    With per-replica statistics a step on N replicas differs from the same
-    step on one device; synchronised BatchNorm makes them equal.
-    """
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = synchronized
-
-
 # ---------------------------------------------------------------------- train
-
-
-@dataclasses.dataclass
-class TrainingResult:
-    model: keras.Model
-    history: dict
-    output_dir: str
-    initial_epoch: int
-    metrics: dict
 
 
 def _build_model(variant, classes, image_size, weights, drop_path_rate, remat):
@@ -497,6 +183,77 @@ def _build_model(variant, classes, image_size, weights, drop_path_rate, remat):
         return model
 
 
+class ClassificationTask(TrainingTask):
+    """Image folders, a Next-ViT classifier, cross-entropy on soft targets
+    (Mixup / CutMix / label smoothing), top-1 and top-5."""
+
+    def __init__(self, recipe, train_dir, val_dir, variant, weights, batch_size, gradient_accumulation,
+                 remat, freeze_stages, seed, max_steps_per_epoch, jit_compile):
+        self.recipe, self.train_dir, self.val_dir = recipe, train_dir, val_dir
+        self.variant, self.weights, self.batch_size = variant, weights, batch_size
+        self.gradient_accumulation, self.remat = gradient_accumulation, remat
+        self.freeze_stages, self.seed = freeze_stages, seed
+        self.max_steps_per_epoch, self.jit_compile = max_steps_per_epoch, jit_compile
+        self.epochs = recipe.epochs
+        self.ema = recipe.ema_momentum is not None
+
+    def prepare(self):
+        self.train_folder = data_lib.image_folder(self.train_dir)
+        self.val_folder = (
+            data_lib.image_folder(self.val_dir, class_names=self.train_folder.class_names)
+            if self.val_dir else None
+        )
+        self.classes = self.train_folder.num_classes
+        steps = data_lib.steps_per_epoch(self.train_folder, self.batch_size)
+        if self.max_steps_per_epoch:
+            steps = min(steps, int(self.max_steps_per_epoch))
+        self.steps_per_epoch = steps
+
+    def build_model(self):
+        recipe = self.recipe
+        model = _build_model(
+            self.variant, self.classes, recipe.image_size, self.weights, recipe.drop_path_rate, self.remat
+        )
+        if self.freeze_stages:
+            finetune.freeze_stages(model, self.freeze_stages)
+        return model
+
+    def compile(self, model):
+        optimizer = build_optimizer(
+            self.recipe, model, self.batch_size, self.steps_per_epoch, self.gradient_accumulation
+        )
+        compile_for_training(model, optimizer, self.classes, jit_compile=self.jit_compile)
+
+    def datasets(self, initial_epoch):
+        recipe = self.recipe
+        train_ds = data_lib.training_dataset(
+            self.train_folder,
+            self.batch_size,
+            recipe.image_size,
+            seed=self.seed,
+            start_epoch=initial_epoch,
+            epochs=recipe.epochs,
+            augmentation=recipe.augmentation,
+            max_steps_per_epoch=self.steps_per_epoch,
+        )
+        val_ds = None
+        if self.val_folder is not None:
+            val_ds = data_lib.evaluation_dataset(
+                self.val_folder, self.batch_size, recipe.image_size, crop_pct=recipe.crop_pct
+            )
+        return train_ds, val_ds
+
+    def final_model(self, model, history):
+        if self.val_folder is not None and self.ema:
+            model.optimizer.finalize_variable_values(model.trainable_variables)
+        return model
+
+    def metrics(self, final, model, history, val_ds):
+        if val_ds is None:
+            return {}
+        return model.evaluate(val_ds, return_dict=True, verbose=0)
+
+
 def train(
     train_dir,
     val_dir=None,
@@ -516,10 +273,7 @@ def train(
     seed=0,
     resume=True,
     max_steps_per_epoch=None,
-    tensorboard=True,
-    jit_compile="auto",
-    verbose="auto",
-    callbacks=(),
+    tensorboard=True, jit_compile="auto", verbose="auto", callbacks=(),
 ):
     """Train or fine-tune Next-ViT on an image folder.
 
@@ -561,101 +315,11 @@ def train(
     if image_size is not None:
         changes["image_size"] = int(image_size)
     recipe = recipe.replace(**changes)
-    if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(
-            f"mixed_precision must be one of {sorted(k for k in MIXED_PRECISION if k)}, "
-            f"got {mixed_precision!r}."
-        )
-    output_dir = pathlib.Path(output_dir)
-    # First: joining a multi-process JAX job must precede any JAX computation.
-    context, replicas = distribution_scope(distribution)
-    keras.utils.set_random_seed(seed)
-
-    train_folder = data_lib.image_folder(train_dir)
-    val_folder = (
-        data_lib.image_folder(val_dir, class_names=train_folder.class_names) if val_dir else None
+    task = ClassificationTask(
+        recipe, train_dir, val_dir, variant, weights, batch_size, gradient_accumulation, remat,
+        freeze_stages, seed, max_steps_per_epoch, jit_compile,
     )
-    classes = train_folder.num_classes
-    steps = data_lib.steps_per_epoch(train_folder, batch_size)
-    if max_steps_per_epoch:
-        steps = min(steps, int(max_steps_per_epoch))
-
-    previous_policy = keras.config.dtype_policy()
-    policy = MIXED_PRECISION[mixed_precision]
-    if policy:
-        keras.config.set_dtype_policy(policy)
-    scratch_log_dir = None
-    try:
-        with context:
-            model = _build_model(
-                variant, classes, recipe.image_size, weights, recipe.drop_path_rate, remat
-            )
-            if freeze_stages:
-                finetune.freeze_stages(model, freeze_stages)
-            if replicas > 1 and keras.backend.backend() == "tensorflow":
-                synchronize_batchnorm(model)
-            optimizer = build_optimizer(recipe, model, batch_size, steps, gradient_accumulation)
-            compile_for_training(model, optimizer, classes, jit_compile=jit_compile)
-            checkpoint_dir = output_dir / "checkpoints"
-            initial_epoch = restore_training_state(model, checkpoint_dir) if resume else 0
-
-        train_ds = data_lib.training_dataset(
-            train_folder,
-            batch_size,
-            recipe.image_size,
-            seed=seed,
-            start_epoch=initial_epoch,
-            epochs=recipe.epochs,
-            augmentation=recipe.augmentation,
-            max_steps_per_epoch=steps,
-        )
-        val_ds = None
-        if val_folder is not None:
-            val_ds = data_lib.evaluation_dataset(
-                val_folder, batch_size, recipe.image_size, crop_pct=recipe.crop_pct
-            )
-        extra_callbacks = list(callbacks)
-        # Under multi-worker training only the chief writes logs; the other
-        # workers' go to a scratch folder removed at the end.
-        scratch_log_dir = None if _is_chief() else tempfile.mkdtemp()
-        log_dir = output_dir if scratch_log_dir is None else pathlib.Path(scratch_log_dir)
-        callbacks = [
-            TrainingCheckpoint(checkpoint_dir),
-            keras.callbacks.CSVLogger(str(log_dir / "log.csv"), append=initial_epoch > 0),
-        ]
-        if recipe.ema_momentum is not None:
-            callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-        if tensorboard:
-            callbacks.append(keras.callbacks.TensorBoard(str(log_dir / "tensorboard")))
-        step_log = StepLog()
-        callbacks.append(step_log)
-        callbacks.extend(extra_callbacks)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        history = {}
-        if initial_epoch < recipe.epochs:
-            fit = model.fit(
-                train_ds,
-                epochs=recipe.epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=steps,
-                validation_data=val_ds,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # the dataset shuffles each epoch itself
-            )
-            history = dict(fit.history)
-        history["step_loss"] = step_log.losses
-        metrics = {}
-        if val_ds is not None:
-            if recipe.ema_momentum is not None:
-                model.optimizer.finalize_variable_values(model.trainable_variables)
-            metrics = model.evaluate(val_ds, return_dict=True, verbose=0)
-        if replicas > 1 and keras.backend.backend() == "tensorflow":
-            synchronize_batchnorm(model, False)
-        _on_every_worker(lambda directory: model.save(directory / "model.keras"), output_dir)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-        if scratch_log_dir is not None:
-            shutil.rmtree(scratch_log_dir, ignore_errors=True)
-    return TrainingResult(model, history, str(output_dir), initial_epoch, metrics)
-
+    return run(
+        task, output_dir, distribution=distribution, mixed_precision=mixed_precision, seed=seed,
+        resume=resume, tensorboard=tensorboard, verbose=verbose, callbacks=callbacks,
+    )

@@ -21,34 +21,24 @@ into NextViTSegmenter(weights=...) and tools/eval_segmentation.py --weights.
 See keras_nextvit.segmentation.training.train for what each option does.
 """
 
-import argparse
-import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from keras_nextvit.trainer import command  # noqa: E402  (TensorFlow loads only when training starts)
 
 
-def _ints(text, what):
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
+# the options training.train takes under their own names
+OPTIONS = (
+    "head", "recipe", "num_classes", "weights", "backbone_weights", "iterations", "iterations_per_epoch",
+    "batch_size", "learning_rate", "reduce_zero_label", "drop_path_rate", "train_split", "val_split",
+)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--train", required=True, help="training folder (see above)")
-    parser.add_argument("--val", help="validation folder, evaluated after every epoch")
-    parser.add_argument(
-        "--output", default="runs/segmentation", help="checkpoints, logs, model.keras"
-    )
-    parser.add_argument(
-        "--variant", default="small",
-        help="small | base | large, or four comma-separated stage depths (e.g. 1,1,5,1)",
-    )
+    parser = command.parser(__doc__, "training folder (see above)", "runs/segmentation")
     parser.add_argument("--head", choices=["fpn", "upernet"], help="default: the recipe's (fpn)")
     parser.add_argument(
         "--recipe", choices=["fpn", "upernet"],
@@ -81,98 +71,42 @@ def parse_args(argv=None):
     )
     parser.add_argument("--train-split", help="ADE20K-layout split of --train (default: training)")
     parser.add_argument("--val-split", help="ADE20K-layout split of --val (default: validation)")
-    parser.add_argument("--mixed-precision", choices=["bfloat16", "float16"])
-    parser.add_argument(
-        "--distribution", default="none",
-        choices=["none", "mirrored", "multiworker", "tpu", "data_parallel"],
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-    parser.add_argument("--no-tensorboard", action="store_true")
+    command.add_run_arguments(parser)
     parser.add_argument("--no-jit", action="store_true", help="no XLA compilation")
     return parser.parse_args(argv)
 
 
 def _options(args):
-    variant = args.variant
-    if "," in variant:
-        variant = _ints(variant, "--variant")
-        if len(variant) != 4:
-            raise ValueError(f"--variant needs four stage depths, got {args.variant!r}")
-    channels = _ints(args.channels, "--channels") if args.channels else None
+    channels = command.ints(args.channels, "--channels") if args.channels else None
     if channels is not None and len(channels) != 2:
         raise ValueError(f"--channels needs two widths, got {args.channels!r}")
     crop = None
     if args.crop_size:
-        crop = _ints(args.crop_size, "--crop-size")
+        crop = command.ints(args.crop_size, "--crop-size")
         if len(crop) not in (1, 2):
             raise ValueError(f"--crop-size must be N or H,W, got {args.crop_size!r}")
         crop = crop * 2 if len(crop) == 1 else crop
     return dict(
-        val_dir=args.val,
-        output_dir=args.output,
-        variant=variant,
-        head=args.head,
-        recipe=args.recipe,
-        num_classes=args.num_classes,
-        weights=args.weights,
-        backbone_weights=args.backbone_weights,
-        iterations=args.iterations,
-        iterations_per_epoch=args.iterations_per_epoch,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
+        **command.folder_options(args),
+        **command.same_names(args, OPTIONS),
         crop_size=crop,
-        reduce_zero_label=args.reduce_zero_label,
         channels=channels,
-        drop_path_rate=args.drop_path_rate,
-        train_split=args.train_split,
-        val_split=args.val_split,
-        mixed_precision=args.mixed_precision,
-        distribution=args.distribution,
-        seed=args.seed,
-        resume=not args.no_resume,
-        tensorboard=not args.no_tensorboard,
         jit_compile=False if args.no_jit else "auto",
+        **command.run_options(args),
     )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    try:
-        options = _options(args)
-        if not os.path.isdir(args.train):
-            raise FileNotFoundError(f"--train: {args.train} is not a directory")
-        if args.val is not None and not os.path.isdir(args.val):
-            raise FileNotFoundError(f"--val: {args.val} is not a directory")
-        import tensorflow as tf
 
+    def train():
         from keras_nextvit.segmentation import training
 
-        try:
-            result = training.train(args.train, **options)
-        except tf.errors.OpError as error:
-            # A bad file met inside the data pipeline (e.g. image and mask sizes differ).
-            raise ValueError(error.message.strip().splitlines()[0]) from None
-    except (ValueError, OSError, NotImplementedError, RuntimeError) as error:
-        # OSError: missing or unreadable files; RuntimeError: no TPU found.
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            f"interrupted: run the same command again to resume from the last checkpoint in "
-            f"{os.path.join(args.output, 'checkpoints')}",
-            file=sys.stderr,
-        )
-        return 130
-    summary = {
-        "output": result.output_dir,
-        "num_classes": result.num_classes,
-        "started_at_epoch": result.initial_epoch,
-        "final_val": result.metrics,
-    }
-    print(json.dumps(summary, indent=1))
-    return 0
+        return training.train(args.train, **_options(args))
+
+    return command.run_command(
+        args, train, lambda result: command.summary(result, num_classes=result.num_classes)
+    )
 
 
 if __name__ == "__main__":

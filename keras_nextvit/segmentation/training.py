@@ -32,10 +32,11 @@ The pieces:
 * :class:`SegmentationCrossEntropy` -- pixel cross-entropy on logits that
   ignores ``ignore_index`` and resizes logits to the labels' size.
 * :func:`build_optimizer`, :func:`compile_segmenter`.
-* :func:`train` -- all of it on an image/mask folder, with the classifier
-  trainer's checkpoints, exact resume, mixed precision, distribution, CSV and
-  TensorBoard logs (:mod:`keras_nextvit.training`);
-  ``tools/train_segmentation.py`` is its command line.
+* :func:`train` -- all of it on an image/mask folder: the segmentation
+  task (:class:`SegmentationTask`) of the training core
+  (:mod:`keras_nextvit.trainer`: checkpoints, exact resume, mixed precision,
+  distribution, CSV and TensorBoard logs); ``tools/train_segmentation.py``
+  is its command line.
 
 Iterations are Keras epochs of ``iterations_per_epoch`` steps: a checkpoint
 (and a validation pass) after each.
@@ -45,15 +46,13 @@ import dataclasses
 import json
 import math
 import pathlib
-import shutil
-import tempfile
 
 import keras
 from keras import ops
 
 from .. import presets
-from .. import training as base
-from ..optimizers import AdamW
+from .. import trainer
+from ..trainer import NORMALIZATION_LAYERS, PolyDecay, TrainingResult, norm_variables  # noqa: F401
 from . import data as data_lib
 from .metrics import MeanIoU
 from .model import HEADS, NextViTSegmenter, variant_depths
@@ -71,6 +70,8 @@ __all__ = [
     "infer_num_classes",
     "inference_model",
     "norm_variables",
+    "NORMALIZATION_LAYERS",
+    "SegmentationTask",
     "train",
     "validation_dataset",
 ]
@@ -139,61 +140,8 @@ RECIPES = {
 
 
 def get_recipe(recipe):
-    if isinstance(recipe, SegmentationRecipe):
-        return recipe
-    if recipe not in RECIPES:
-        raise ValueError(
-            f"Unknown segmentation recipe {recipe!r}; choose one of {sorted(RECIPES)}."
-        )
-    return RECIPES[recipe]
-
-
-@keras.saving.register_keras_serializable(package="keras_nextvit")
-class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """mmcv's ``poly`` policy per iteration, with optional linear warm-up.
-
-    At iteration ``i`` (the optimizer's update count, from 0)::
-
-        lr(i) = (base_lr - min_lr) * (1 - min(i, max_iters) / max_iters) ** power + min_lr
-        if i < warmup_iters:   # mmcv's 'linear' warm-up, applied to the poly rate
-            k = (1 - i / warmup_iters) * (1 - warmup_ratio)
-            lr(i) = lr(i) * (1 - k)
-    """
-
-    def __init__(
-        self, base_lr, max_iters, power=0.9, min_lr=0.0, warmup_iters=0, warmup_ratio=1e-6
-    ):
-        if int(max_iters) < 1:
-            raise ValueError(f"PolyDecay max_iters must be >= 1, got {max_iters}.")
-        if int(warmup_iters) < 0:
-            raise ValueError(f"PolyDecay warmup_iters must be >= 0, got {warmup_iters}.")
-        self.base_lr = float(base_lr)
-        self.max_iters = int(max_iters)
-        self.power = float(power)
-        self.min_lr = float(min_lr)
-        self.warmup_iters = int(warmup_iters)
-        self.warmup_ratio = float(warmup_ratio)
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        progress = ops.minimum(step / self.max_iters, 1.0)
-        lr = (self.base_lr - self.min_lr) * ops.power(1.0 - progress, self.power) + self.min_lr
-        if self.warmup_iters > 0:
-            # 1 - k = ratio + (1 - ratio) * i / warmup_iters: the same factor,
-            # without float32 cancellation when k is close to 1
-            factor = self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_iters
-            lr = ops.where(step < self.warmup_iters, lr * factor, lr)
-        return lr
-
-    def get_config(self):
-        return dict(
-            base_lr=self.base_lr,
-            max_iters=self.max_iters,
-            power=self.power,
-            min_lr=self.min_lr,
-            warmup_iters=self.warmup_iters,
-            warmup_ratio=self.warmup_ratio,
-        )
+    """A :class:`SegmentationRecipe`, or the name of one of :data:`RECIPES`."""
+    return trainer.get_recipe(recipe, RECIPES, SegmentationRecipe, "segmentation recipe")
 
 
 @keras.saving.register_keras_serializable(package="keras_nextvit")
@@ -279,36 +227,10 @@ def build_optimizer(recipe, model):
         warmup_iters=recipe.warmup_iterations,
         warmup_ratio=recipe.warmup_ratio,
     )
-    optimizer = AdamW(
-        learning_rate=schedule,
-        weight_decay=recipe.weight_decay,
-        beta_1=recipe.beta_1,
-        beta_2=recipe.beta_2,
-        epsilon=recipe.epsilon,
-        global_clipnorm=recipe.clip_norm or None,
+    return trainer.adamw(
+        model, schedule, recipe.weight_decay, recipe.beta_1, recipe.beta_2, recipe.epsilon,
+        clip_norm=recipe.clip_norm, no_decay="none" if recipe.decay_norms else "norms",
     )
-    if not recipe.decay_norms:
-        optimizer.exclude_from_weight_decay(var_list=norm_variables(model))
-    return optimizer
-
-
-NORMALIZATION_LAYERS = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-)
-
-
-def norm_variables(model):
-    """The trainable variables of every normalisation layer (BatchNorm's
-    gamma and beta): what upstream's ``paramwise_cfg`` keys ``bn`` and
-    ``norm`` match in the Next-ViT backbone and the mmseg heads."""
-    found = {}
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, NORMALIZATION_LAYERS):
-            for variable in layer.trainable_weights:
-                found[id(variable)] = variable
-    return list(found.values())
 
 
 def compile_segmenter(model, optimizer, num_classes, auxiliary_loss_weight=0.0,
@@ -335,7 +257,7 @@ def compile_segmenter(model, optimizer, num_classes, auxiliary_loss_weight=0.0,
         )
     else:
         model.compile(optimizer=optimizer, loss=loss(), metrics=[miou()], jit_compile=jit_compile)
-    return base.build_optimizer_variables(model)
+    return trainer.build_optimizer_variables(model)
 
 
 def infer_num_classes(pairs, reduce_zero_label=False, ignore_index=255):
@@ -421,7 +343,7 @@ def inference_model(trained, variant, head, num_classes, channels=None, name=Non
 
 
 @dataclasses.dataclass
-class SegmentationTrainingResult(base.TrainingResult):
+class SegmentationTrainingResult(TrainingResult):
     """``model``: the segmenter without the auxiliary head (saved as
     ``model.keras``); ``training_model``: the model ``fit`` trained."""
 
@@ -473,6 +395,155 @@ def _check_run_config(path, config):
             )
 
 
+class SegmentationTask(trainer.TrainingTask):
+    """Image/mask folders, a segmenter (with UperNet's auxiliary head while
+    training), mmseg's cross-entropy and mean IoU; the saved model is the
+    segmenter without the auxiliary head (:func:`inference_model`)."""
+
+    def __init__(self, recipe, aug, train_dir, val_dir, train_split, val_split, output_dir, variant,
+                 head, num_classes, weights, backbone_weights, channels, reduce_zero_label, seed,
+                 resume, iterations_per_epoch, epochs, jit_compile, quiet):
+        self.recipe, self.aug, self.output_dir = recipe, aug, output_dir
+        self.train_dir, self.val_dir = train_dir, val_dir
+        self.train_split, self.val_split = train_split, val_split
+        self.variant, self.head, self.num_classes, self.channels = variant, head, num_classes, channels
+        self.weights, self.backbone_weights = weights, backbone_weights
+        self.reduce_zero_label, self.seed, self.resume = reduce_zero_label, seed, resume
+        self.steps_per_epoch, self.epochs = iterations_per_epoch, epochs
+        self.jit_compile, self.quiet = jit_compile, quiet
+        self.auxiliary = recipe.auxiliary_loss_weight > 0
+
+    def prepare(self):
+        aug, reduce_zero_label = self.aug, self.reduce_zero_label
+        self.train_pairs = data_lib.segmentation_folder(self.train_dir, split=self.train_split)
+        self.val_pairs = None
+        if self.val_dir is not None:
+            self.val_pairs = data_lib.segmentation_folder(
+                self.val_dir, split=_val_split(self.val_dir, self.val_split)
+            )
+        self.steps_per_pass = data_lib.steps_per_epoch(self.train_pairs, self.recipe.batch_size)
+        config_path = self.output_dir / RUN_CONFIG
+        num_classes = self.num_classes
+        if num_classes is None and self.resume and config_path.exists():
+            num_classes = json.loads(config_path.read_text()).get("num_classes")
+        if num_classes is None:
+            num_classes = infer_num_classes(self.train_pairs, reduce_zero_label, aug.ignore_index)
+            if not self.quiet:
+                after = ", after reduce_zero_label" if reduce_zero_label else ""
+                print(f"num_classes: {num_classes} (inferred from the training masks: labels "
+                      f"0..{num_classes - 1}{after})")
+            check = False  # the inference read every mask already
+        else:
+            num_classes = _positive("num_classes", num_classes)
+            check = True
+        if check:
+            data_lib.check_masks(self.train_pairs, num_classes, reduce_zero_label, aug.ignore_index)
+        if self.val_pairs is not None:
+            data_lib.check_masks(self.val_pairs, num_classes, reduce_zero_label, aug.ignore_index)
+        self.num_classes = num_classes
+        variant, channels = self.variant, self.channels
+        self.run_config = dict(
+            variant=variant if isinstance(variant, str) else [int(d) for d in variant],
+            head=self.head,
+            num_classes=num_classes,
+            channels=None if channels is None else [int(c) for c in channels],
+            auxiliary_head=self.auxiliary,
+            reduce_zero_label=bool(reduce_zero_label),
+            crop_size=list(aug.crop_size),
+        )
+        if self.resume:
+            _check_run_config(config_path, self.run_config)
+
+    def build_model(self):
+        recipe = self.recipe
+        self.segmenter = segmenter = NextViTSegmenter(
+            self.variant,
+            self.head,
+            self.num_classes,
+            input_shape=tuple(self.aug.crop_size) + (3,),
+            weights=self.weights,
+            backbone_weights=self.backbone_weights,
+            auxiliary_head=self.auxiliary,
+            drop_path_rate=recipe.drop_path_rate,
+            dropout_rate=recipe.dropout_rate,
+            channels=self.channels,
+        )
+        if not self.auxiliary:
+            return segmenter
+        logits, aux_logits = segmenter.outputs
+        return keras.Model(segmenter.input, {DECODE: logits, AUXILIARY: aux_logits}, name=segmenter.name)
+
+    def compile(self, model):
+        recipe = self.recipe
+        compile_segmenter(
+            model, build_optimizer(recipe, model), self.num_classes, recipe.auxiliary_loss_weight,
+            self.aug.ignore_index, recipe.avg_non_ignore, jit_compile=self.jit_compile,
+        )
+
+    def datasets(self, initial_epoch):
+        recipe, aug = self.recipe, self.aug
+        # Iteration k is step k % steps_per_pass of data pass k // steps_per_pass.
+        start = initial_epoch * self.steps_per_epoch
+        first_pass, offset = divmod(start, self.steps_per_pass)
+        passes = max(math.ceil((offset + recipe.iterations - start) / self.steps_per_pass), 1)
+        train_ds = data_lib.training_dataset(
+            self.train_pairs,
+            recipe.batch_size,
+            first_pass,
+            seed=self.seed,
+            aug=aug,
+            reduce_zero_label=self.reduce_zero_label,
+            num_epochs=passes,
+        )
+        if offset:
+            train_ds = train_ds.skip(offset)
+        val_ds = None
+        if self.val_pairs is not None:
+            val_ds = validation_dataset(self.val_pairs, recipe.batch_size, aug, self.reduce_zero_label)
+        if self.auxiliary:
+            def both(images, masks):
+                return images, {DECODE: masks, AUXILIARY: masks}
+
+            train_ds = train_ds.map(both)
+            val_ds = val_ds.map(both) if val_ds is not None else None
+        return train_ds, val_ds
+
+    def on_start(self, output_dir):
+        (output_dir / RUN_CONFIG).write_text(json.dumps(self.run_config, indent=1))
+
+    def final_model(self, model, history):
+        # One device's model (outside the strategy's scope, which is entered
+        # only once): the trained weights, without the auxiliary head.
+        return inference_model(model, self.variant, self.head, self.num_classes, self.channels,
+                               name=self.segmenter.name)
+
+    def save(self, model, directory):  # saved uncompiled
+        model.save(directory / "model.keras")
+        model.save_weights(directory / "model.weights.h5")
+
+    def metrics(self, final, model, history, val_ds):
+        if self.val_pairs is None:
+            return {}
+        recipe, aug = self.recipe, self.aug
+        if history.get("val_loss"):
+            # The last validation pass scored these very weights.
+            prefix = f"val_{DECODE}_" if self.auxiliary else "val_"
+            return {"loss": history[prefix + "loss"][-1], "mean_iou": history[prefix + "mean_iou"][-1]}
+        # nothing left to train: score the saved model
+        compile_segmenter(final, "sgd", self.num_classes, 0.0, aug.ignore_index, recipe.avg_non_ignore,
+                          jit_compile=self.jit_compile)
+        return final.evaluate(
+            validation_dataset(self.val_pairs, recipe.batch_size, aug, self.reduce_zero_label),
+            return_dict=True, verbose=0,
+        )
+
+    def result(self, final, history, output_dir, initial_epoch, metrics, model):
+        return SegmentationTrainingResult(
+            final, history, output_dir, initial_epoch, metrics,
+            training_model=model, num_classes=self.num_classes,
+        )
+
+
 def train(
     train_dir,
     val_dir=None,
@@ -498,10 +569,7 @@ def train(
     augmentation=None,
     train_split=None,
     val_split=None,
-    tensorboard=True,
-    jit_compile="auto",
-    verbose="auto",
-    callbacks=(),
+    tensorboard=True, jit_compile="auto", verbose="auto", callbacks=(),
 ):
     """Train a Next-ViT segmenter on an image/mask folder.
 
@@ -560,11 +628,7 @@ def train(
     variant_depths(variant)  # a bad variant fails before any data is read
     recipe = get_recipe(recipe if recipe is not None else (head or "fpn"))
     head = head or recipe.head
-    if mixed_precision not in base.MIXED_PRECISION:
-        raise ValueError(
-            f"mixed_precision must be one of {sorted(k for k in base.MIXED_PRECISION if k)}, "
-            f"got {mixed_precision!r}."
-        )
+    trainer.check_mixed_precision(mixed_precision)
     changes = {}
     if iterations is not None:
         changes["iterations"] = _positive("iterations", iterations)
@@ -595,175 +659,12 @@ def train(
             "training runs whole epochs of iterations_per_epoch steps."
         )
     epochs = recipe.iterations // per_epoch
-    auxiliary = recipe.auxiliary_loss_weight > 0
-    output_dir = pathlib.Path(output_dir)
-    checkpoint_dir = output_dir / "checkpoints"
-    quiet = verbose == 0
-
-    # First: joining a multi-process JAX job must precede any JAX computation.
-    context, replicas = base.distribution_scope(distribution)
-    keras.utils.set_random_seed(seed)
-
-    train_pairs = data_lib.segmentation_folder(train_dir, split=train_split)
-    val_pairs = None
-    if val_dir is not None:
-        val_pairs = data_lib.segmentation_folder(val_dir, split=_val_split(val_dir, val_split))
-    steps_per_pass = data_lib.steps_per_epoch(train_pairs, recipe.batch_size)
-    config_path = output_dir / RUN_CONFIG
-    if num_classes is None and resume and config_path.exists():
-        num_classes = json.loads(config_path.read_text()).get("num_classes")
-    if num_classes is None:
-        num_classes = infer_num_classes(train_pairs, reduce_zero_label, aug.ignore_index)
-        if not quiet:
-            after = ", after reduce_zero_label" if reduce_zero_label else ""
-            print(f"num_classes: {num_classes} (inferred from the training masks: labels "
-                  f"0..{num_classes - 1}{after})")
-        check = False  # the inference read every mask already
-    else:
-        num_classes = _positive("num_classes", num_classes)
-        check = True
-    if check:
-        data_lib.check_masks(train_pairs, num_classes, reduce_zero_label, aug.ignore_index)
-    if val_pairs is not None:
-        data_lib.check_masks(val_pairs, num_classes, reduce_zero_label, aug.ignore_index)
-    run_config = dict(
-        variant=variant if isinstance(variant, str) else [int(d) for d in variant],
-        head=head,
-        num_classes=num_classes,
-        channels=None if channels is None else [int(c) for c in channels],
-        auxiliary_head=auxiliary,
-        reduce_zero_label=bool(reduce_zero_label),
-        crop_size=list(aug.crop_size),
+    task = SegmentationTask(
+        recipe, aug, train_dir, val_dir, train_split, val_split, pathlib.Path(output_dir), variant,
+        head, num_classes, weights, backbone_weights, channels, reduce_zero_label, seed, resume,
+        per_epoch, epochs, jit_compile, quiet=verbose == 0,
     )
-    if resume:
-        _check_run_config(config_path, run_config)
-
-    previous_policy = keras.config.dtype_policy()
-    policy = base.MIXED_PRECISION[mixed_precision]
-    if policy:
-        keras.config.set_dtype_policy(policy)
-    scratch_log_dir = None
-    try:
-        with context:
-            segmenter = NextViTSegmenter(
-                variant,
-                head,
-                num_classes,
-                input_shape=tuple(aug.crop_size) + (3,),
-                weights=weights,
-                backbone_weights=backbone_weights,
-                auxiliary_head=auxiliary,
-                drop_path_rate=recipe.drop_path_rate,
-                dropout_rate=recipe.dropout_rate,
-                channels=channels,
-            )
-            if auxiliary:
-                logits, aux_logits = segmenter.outputs
-                model = keras.Model(
-                    segmenter.input, {DECODE: logits, AUXILIARY: aux_logits}, name=segmenter.name
-                )
-            else:
-                model = segmenter
-            if replicas > 1 and keras.backend.backend() == "tensorflow":
-                base.synchronize_batchnorm(model)
-            optimizer = build_optimizer(recipe, model)
-            compile_segmenter(
-                model, optimizer, num_classes, recipe.auxiliary_loss_weight, aug.ignore_index,
-                recipe.avg_non_ignore, jit_compile=jit_compile,
-            )
-            initial_epoch = base.restore_training_state(model, checkpoint_dir) if resume else 0
-            if not model.optimizer.built:
-                # Now rather than inside the first traced step, which would
-                # then be traced twice (Keras defers it without a strategy).
-                model.optimizer.build(model.trainable_variables)
-
-        # Iteration k is step k % steps_per_pass of data pass k // steps_per_pass.
-        start = initial_epoch * per_epoch
-        first_pass, offset = divmod(start, steps_per_pass)
-        passes = max(math.ceil((offset + recipe.iterations - start) / steps_per_pass), 1)
-        train_ds = data_lib.training_dataset(
-            train_pairs,
-            recipe.batch_size,
-            first_pass,
-            seed=seed,
-            aug=aug,
-            reduce_zero_label=reduce_zero_label,
-            num_epochs=passes,
-        )
-        if offset:
-            train_ds = train_ds.skip(offset)
-        val_ds = None
-        if val_pairs is not None:
-            val_ds = validation_dataset(val_pairs, recipe.batch_size, aug, reduce_zero_label)
-        if auxiliary:
-            def both(images, masks):
-                return images, {DECODE: masks, AUXILIARY: masks}
-
-            train_ds = train_ds.map(both)
-            val_ds = val_ds.map(both) if val_ds is not None else None
-
-        extra_callbacks = list(callbacks)
-        # Under multi-worker training only the chief writes logs.
-        scratch_log_dir = None if base._is_chief() else tempfile.mkdtemp()
-        log_dir = output_dir if scratch_log_dir is None else pathlib.Path(scratch_log_dir)
-        if scratch_log_dir is None:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            config_path.write_text(json.dumps(run_config, indent=1))
-        step_log = base.StepLog()
-        callbacks = [
-            base.TrainingCheckpoint(checkpoint_dir),
-            keras.callbacks.CSVLogger(str(log_dir / "log.csv"), append=initial_epoch > 0),
-        ]
-        if tensorboard:
-            callbacks.append(keras.callbacks.TensorBoard(str(log_dir / "tensorboard")))
-        callbacks.append(step_log)
-        callbacks.extend(extra_callbacks)
-        history = {}
-        if initial_epoch < epochs:
-            fit = model.fit(
-                train_ds,
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=per_epoch,
-                validation_data=val_ds,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # the dataset orders each pass itself
-            )
-            history = dict(fit.history)
-        history["step_loss"] = step_log.losses
-        if replicas > 1 and keras.backend.backend() == "tensorflow":
-            base.synchronize_batchnorm(model, False)
-
-        # One device's model (outside the strategy's scope, which is entered
-        # only once): the trained weights, without the auxiliary head.
-        final = inference_model(model, variant, head, num_classes, channels, name=segmenter.name)
-
-        def save(directory):
-            final.save(directory / "model.keras")
-            final.save_weights(directory / "model.weights.h5")
-
-        base._on_every_worker(save, output_dir)  # saved uncompiled
-        metrics = {}
-        if val_pairs is not None and history.get("val_loss"):
-            # The last validation pass scored these very weights.
-            prefix = f"val_{DECODE}_" if auxiliary else "val_"
-            metrics = {
-                "loss": history[prefix + "loss"][-1],
-                "mean_iou": history[prefix + "mean_iou"][-1],
-            }
-        elif val_pairs is not None:  # nothing left to train: score the saved model
-            compile_segmenter(final, "sgd", num_classes, 0.0, aug.ignore_index,
-                              recipe.avg_non_ignore, jit_compile=jit_compile)
-            metrics = final.evaluate(
-                validation_dataset(val_pairs, recipe.batch_size, aug, reduce_zero_label),
-                return_dict=True, verbose=0,
-            )
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-        if scratch_log_dir is not None:
-            shutil.rmtree(scratch_log_dir, ignore_errors=True)
-    return SegmentationTrainingResult(
-        final, history, str(output_dir), initial_epoch, metrics,
-        training_model=model, num_classes=num_classes,
+    return trainer.run(
+        task, output_dir, distribution=distribution, mixed_precision=mixed_precision, seed=seed,
+        resume=resume, tensorboard=tensorboard, verbose=verbose, callbacks=callbacks,
     )
