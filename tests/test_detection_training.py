@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 
 import keras_nextvit
 from keras_nextvit.detection import dataset, pipeline, training
+from keras_nextvit.trainer import StepDecay
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
 
@@ -69,3 +70,72 @@ def test_a_tiny_detectors_loss_falls(tmp_path):
         totals.append(float(out["loss"]))
     assert all(math.isfinite(t) for t in totals)
     assert min(totals[3:]) < 0.5 * totals[0], totals
+
+
+def test_recipes_are_the_upstream_configs():
+    """mask_rcnn_nextvit_*_{1x,3x}.py: AdamW 1e-4, weight decay 0.05 except
+    on the norms, mmcv's step policy with linear warm-up from 1e-6 of the
+    rate over 500 iterations, decays at epochs 8 and 11 (27 and 33 of 36)."""
+    from test_trainer import mmcv_step_lr
+
+    one, three = training.RECIPES["1x"], training.RECIPES["3x"]
+    assert (one.epochs, one.milestones, three.epochs, three.milestones) == (12, (8, 11), 36, (27, 33))
+    assert (one.optimizer.learning_rate, one.optimizer.weight_decay, one.batch_size) == (1e-4, 0.05, 16)
+    assert (one.optimizer.betas, one.optimizer.clip_norm, one.optimizer.no_decay) == ((0.9, 0.999), None, "norms")
+    assert (one.warmup_iterations, one.warmup_ratio, one.gamma) == (500, 1e-6, 0.1)
+    assert (one.frozen_stages, one.norm_eval, three.multiscale) == (1, True, True)
+    with pytest.raises(ValueError, match="Unknown detection recipe '2x'"):
+        training.get_recipe("2x")
+    detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3)
+    optimizer = training.build_optimizer("1x", detector, iterations_per_epoch=100)
+    steps = [0, 1, 250, 499, 500, 799, 800, 1099, 1100, 1199]
+    schedule = optimizer._learning_rate  # Keras keeps the schedule object there
+    assert isinstance(schedule, StepDecay)
+    got = [float(schedule(s)) for s in steps]
+    want = [mmcv_step_lr(s, 1e-4, [800, 1100], 0.1, 500, 1e-6) for s in steps]
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    optimizer.build(detector.trainable_variables)
+    spared = {v.path for v in detector.trainable_variables if not optimizer._use_weight_decay(v)}
+    norms = {v.path for v in detector.trainable_variables if v.path.endswith(("/gamma", "/beta"))}
+    assert spared == norms and norms
+
+
+def test_upstream_drop_path_per_variant(monkeypatch):
+    from keras_nextvit.detection import model as model_lib
+
+    built = {}
+    monkeypatch.setattr(model_lib, "MaskRCNN", lambda *a, **k: built.setdefault(a[0], k["drop_path_rate"]))
+    for variant in ("small", "base", "large", (1, 1, 5, 1)):
+        model_lib.NextViTMaskRCNN(variant)
+    # upstream's nextvit_small / _base / _large path_dropout; custom depths as base
+    assert built == {(3, 4, 10, 3): 0.1, (3, 4, 20, 3): 0.2, (3, 4, 30, 3): 0.2, (1, 1, 5, 1): 0.2}
+
+
+def test_frozen_stages_and_norm_eval():
+    """frozen_stages=1: the stem and stage 1 do not train; norm_eval: the
+    backbone's BatchNorms normalise with their moving statistics and keep
+    them in training, while the scales of the other stages still train."""
+    detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3, drop_path_rate=0.0)
+    rng = np.random.default_rng(0)
+    for layer in detector.backbone._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.2, layer.moving_mean.shape))
+    x = rng.uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    inference = [np.asarray(f) for f in detector.backbone(x, training=False)]
+    first_bn = detector.backbone.get_layer("stages_2_blocks_0").norm
+    before = np.asarray(first_bn.moving_mean).copy()
+
+    training.freeze_for_training(detector, frozen_stages=1, norm_eval=True)
+    paths = [v.path for v in detector.trainable_variables]
+    assert not [p for p in paths if p.startswith(("stem_", "stages_0_"))]
+    assert first_bn.gamma.path in paths and any(p.startswith("stages_1_") for p in paths)
+    trained = [np.asarray(f) for f in detector.backbone(x, training=True)]
+    for a, b in zip(trained, inference):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.asarray(first_bn.moving_mean), before)
+
+    training.release_for_inference(detector)
+    assert len(detector.trainable_variables) > len(paths)
+    detector.backbone(x, training=True)  # a plain BatchNorm again: batch statistics, updated
+    assert not np.array_equal(np.asarray(first_bn.moving_mean), before)
+    assert type(first_bn) is keras.layers.BatchNormalization

@@ -45,7 +45,8 @@ PUBLISHED = {
 # (mmcv's counter: trainable tensors with frozen_stages=1, no attention products).
 PUBLISHED_PARAMS_M = {"small": 51.8, "base": 64.9, "large": 77.9}
 PUBLISHED_GFLOPS = {"small": 290, "base": 340, "large": 391}
-# Stochastic depth of the upstream detection backbones.
+# Stochastic depth of the upstream detection backbones (``nextvit_small`` 0.1,
+# ``_base`` and ``_large`` 0.2: presets.VARIANTS); 0.2 for custom depths.
 DROP_PATH_RATE = 0.2
 FPN_CHANNELS = 256
 NUM_ANCHORS = 3
@@ -131,7 +132,7 @@ class MaskRCNN(keras.Model):
 
 
 def NextViTMaskRCNN(variant="small", num_classes=80, weights=None, backbone_weights=None,
-                    test_cfg=None, name=None):
+                    test_cfg=None, name=None, drop_path_rate=None):
     """Next-ViT + Mask R-CNN, as the upstream COCO detectors (mmdet 2.23).
 
     Args:
@@ -145,6 +146,9 @@ def NextViTMaskRCNN(variant="small", num_classes=80, weights=None, backbone_weig
         test_cfg: overrides of the published test settings,
             ``{"rpn": {...}, "rcnn": {"score_thr": ..., ...}}``.
         name: model name (default ``nextvit_{variant}_mask_rcnn``).
+        drop_path_rate: the backbone's stochastic depth in training
+            (default: upstream's, 0.1 for small, 0.2 for base, large and
+            custom depths).
 
     Example:
 
@@ -163,7 +167,10 @@ def NextViTMaskRCNN(variant="small", num_classes=80, weights=None, backbone_weig
         )
     depths = variant_depths(variant)
     tag = variant if isinstance(variant, str) else "custom"
-    detector = MaskRCNN(depths, num_classes, test_cfg, name=name or f"nextvit_{tag}_mask_rcnn")
+    if drop_path_rate is None:
+        drop_path_rate = presets.VARIANTS[variant]["drop_path_rate"] if isinstance(variant, str) else DROP_PATH_RATE
+    detector = MaskRCNN(depths, num_classes, test_cfg, drop_path_rate=float(drop_path_rate),
+                        name=name or f"nextvit_{tag}_mask_rcnn")
 
     from .. import weights as weights_lib
 

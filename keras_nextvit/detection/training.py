@@ -13,11 +13,20 @@ RoI steps read their sizes from the data).
    RoIAlign on P2..P5) and its losses.
 5. The mask head on the positive RoIs (14x14 RoIAlign) against their masks
    cropped to 28x28 (:func:`.targets.mask_targets`).
+
+The recipe (:class:`DetectionRecipe`, ``RECIPES["1x"]`` and ``["3x"]``: the
+six upstream configs ``mask_rcnn_nextvit_{small,base,large}_{1x,3x}.py``),
+its optimizer (:func:`build_optimizer`) and the backbone's ``frozen_stages``
+and ``norm_eval`` (:func:`freeze_for_training`) are here too.
 """
 
+import dataclasses
+
+import keras
 import numpy as np
 from keras import ops
 
+from .. import trainer
 from . import assigner, losses, targets
 from .anchors import level_anchors
 from .inference import BOX_ROI_SIZE, MASK_ROI_SIZE, _rois
@@ -25,6 +34,103 @@ from .roi_align import multilevel_roi_align
 from .rpn_head import rpn_proposals
 
 RPN_TRAIN_PROPOSALS = {"nms_pre": 2000, "max_per_img": 1000, "iou_threshold": 0.7, "min_bbox_size": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionRecipe:
+    """Hyper-parameters of a Mask R-CNN run; the defaults are upstream's 1x.
+
+    The six upstream configs: AdamW, learning rate 1e-4 for batch 16 (8 GPUs
+    x 2; not rescaled for another batch, as mmdet does not), betas (0.9,
+    0.999), weight decay 0.05 except on the normalisation layers
+    (``custom_keys={"norm": decay_mult 0}``), no gradient clipping; mmcv's
+    ``step`` policy with ``linear`` warm-up over 500 iterations from 1e-6 of
+    the rate, decays by 10 at epochs 8 and 11 of 12 (1x) or 27 and 33 of 36
+    (3x); the backbone's stem and stage 1 frozen and every BatchNorm of the
+    backbone in inference mode (``frozen_stages=1, norm_eval=True``);
+    images resized to fit (1333, 800) keeping the ratio (1x) or to one of
+    several scales (3x's multi-scale training).
+    """
+
+    epochs: int = 12
+    milestones: tuple = (8, 11)  # epochs after which the rate is multiplied by gamma
+    gamma: float = 0.1
+    batch_size: int = 16
+    optimizer: trainer.AdamWSettings = trainer.AdamWSettings(learning_rate=1e-4, weight_decay=0.05)
+    warmup_iterations: int = 500
+    warmup_ratio: float = 1e-6
+    frozen_stages: int = 1
+    norm_eval: bool = True
+    img_scale: tuple = (1333, 800)
+    multiscale: bool = False
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+RECIPES = {
+    "1x": DetectionRecipe(),
+    "3x": DetectionRecipe(epochs=36, milestones=(27, 33), multiscale=True),
+}
+
+
+def get_recipe(recipe):
+    """A :class:`DetectionRecipe`, or ``"1x"`` / ``"3x"``."""
+    return trainer.get_recipe(recipe, RECIPES, DetectionRecipe, "detection recipe")
+
+
+def build_optimizer(recipe, model, iterations_per_epoch):
+    """AdamW with the recipe's step schedule (milestones in optimizer updates:
+    ``epoch * iterations_per_epoch``) and no weight decay on the norms."""
+    recipe = get_recipe(recipe)
+    schedule = trainer.StepDecay(
+        recipe.optimizer.learning_rate,
+        [m * int(iterations_per_epoch) for m in recipe.milestones],
+        gamma=recipe.gamma,
+        warmup_iters=recipe.warmup_iterations,
+        warmup_ratio=recipe.warmup_ratio,
+    )
+    return recipe.optimizer.build(model, schedule)
+
+
+class _InferenceModeBatchNorm(keras.layers.BatchNormalization):
+    """A BatchNorm that normalises with its moving statistics and never
+    updates them, in training too, while its scale and offset still train:
+    a PyTorch BatchNorm in ``eval()`` mode (mmdet's ``norm_eval``)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=False, mask=mask)
+
+
+def freeze_for_training(detector, frozen_stages=1, norm_eval=True):
+    """mmdet's ``frozen_stages`` and ``norm_eval`` on ``detector``'s backbone.
+
+    ``frozen_stages=k``: the stem and the first ``k`` stages are not trained
+    (their BatchNorms then use their moving statistics, as Keras does for a
+    frozen BatchNorm). ``norm_eval``: every BatchNorm of the backbone
+    normalises with its moving statistics and keeps them, while the scales
+    and offsets of the stages that are not frozen still train. Undo with
+    :func:`release_for_inference` before saving. Returns ``detector``;
+    recompile after it.
+    """
+    from ..finetune import freeze_stages
+
+    freeze_stages(detector.backbone, frozen_stages)
+    for layer in detector.backbone._flatten_layers(include_self=False):
+        if type(layer) is keras.layers.BatchNormalization and norm_eval:
+            layer.__class__ = _InferenceModeBatchNorm
+    return detector
+
+
+def release_for_inference(detector):
+    """Every layer of ``detector`` trainable and every BatchNorm a plain one
+    again (what :func:`freeze_for_training` changed). Returns ``detector``."""
+    for layer in detector._flatten_layers(include_self=False):
+        if type(layer) is _InferenceModeBatchNorm:
+            layer.__class__ = keras.layers.BatchNormalization
+    for layer in detector.backbone.layers:
+        layer.trainable = True
+    return detector
 
 
 def _flat(maps, per_anchor):
@@ -91,4 +197,7 @@ def detector_losses(detector, batch, seed=None, training=False):
     return out
 
 
-__all__ = ["RPN_TRAIN_PROPOSALS", "detector_losses"]
+__all__ = [
+    "DetectionRecipe", "RECIPES", "RPN_TRAIN_PROPOSALS", "build_optimizer", "detector_losses",
+    "freeze_for_training", "get_recipe", "release_for_inference",
+]
