@@ -3,6 +3,7 @@
 tiny detector's total loss falls on generated shapes."""
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -139,3 +140,63 @@ def test_frozen_stages_and_norm_eval():
     detector.backbone(x, training=True)  # a plain BatchNorm again: batch statistics, updated
     assert not np.array_equal(np.asarray(first_bn.moving_mean), before)
     assert type(first_bn) is keras.layers.BatchNormalization
+
+
+def write_coco(root, records, class_names=("red", "green", "blue")):
+    """``records`` (their images already in ``root/train2017``) as COCO's
+    ``annotations/instances_train2017.json``."""
+    import json
+
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for record in records:
+        images.append(dict(id=record.image_id + 1, file_name=os.path.basename(record.path),
+                           height=record.height, width=record.width))
+        for box, label, segmentation in zip(record.boxes, record.labels, record.segmentations):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            annotations.append(dict(id=len(annotations) + 1, image_id=record.image_id + 1,
+                                    category_id=int(label) + 1, bbox=[x1, y1, x2 - x1, y2 - y1],
+                                    area=(x2 - x1) * (y2 - y1), iscrowd=0, segmentation=segmentation))
+    categories = [dict(id=i + 1, name=name) for i, name in enumerate(class_names)]
+    (root / "annotations" / "instances_train2017.json").write_text(
+        json.dumps(dict(images=images, annotations=annotations, categories=categories)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a GradientTape step")
+def test_training_on_the_core_resumes_exactly(tmp_path):
+    """detection.trainer.train on a COCO-layout folder: the core's run with
+    mmdet's losses. Interrupted by a real KeyboardInterrupt in its second
+    epoch and run again, it continues from the first epoch's checkpoint
+    with the same losses and ends with the same weights as a run that was
+    not interrupted; the saved detector loads and computes what training
+    returned."""
+    from keras_nextvit.detection import trainer as detection_trainer
+
+    (tmp_path / "data" / "train2017").mkdir(parents=True)
+    write_coco(tmp_path / "data", shapes_dataset(tmp_path / "data" / "train2017"))
+    recipe = training.RECIPES["1x"].replace(batch_size=2, warmup_iterations=0)
+    options = dict(variant=(1, 1, 5, 1), recipe=recipe, epochs=2, scale=(112, 64), tensorboard=False,
+                   verbose=0)
+    full = detection_trainer.train(str(tmp_path / "data"), output_dir=str(tmp_path / "full"), **options)
+    assert full.model.num_classes == 3 and len(full.history["step_loss"]) == 2
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 1:  # epoch 1 done and checkpointed
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        detection_trainer.train(str(tmp_path / "data"), output_dir=str(tmp_path / "cut"),
+                                callbacks=[Interrupt()], **options)
+    resumed = detection_trainer.train(str(tmp_path / "data"), output_dir=str(tmp_path / "cut"), **options)
+    assert resumed.initial_epoch == 1
+    np.testing.assert_allclose(resumed.history["step_loss"], full.history["step_loss"][1:], rtol=1e-5)
+    for a, b in zip(resumed.model.get_weights(), full.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert (tmp_path / "cut" / "classes.txt").read_text().split() == ["red", "green", "blue"]
+    loaded = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3,
+                                           weights=str(tmp_path / "cut" / "detector.weights.h5"))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 64, 96, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(x)["rpn_cls"][0]), np.asarray(resumed.model(x)["rpn_cls"][0]),
+                               rtol=1e-5, atol=1e-6)

@@ -90,7 +90,7 @@ def test_scaffold_parses_variants():
         command.variant("1,1,5")
 
 
-@pytest.mark.parametrize("tool", ["train", "train_segmentation"])
+@pytest.mark.parametrize("tool", ["train", "train_segmentation", "train_detection"])
 def test_commands_end_a_mistake_without_a_traceback(tool, tmp_path, capsys):
     main = load_tool(tool).main
     assert main(["--train", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 2

@@ -17,7 +17,9 @@ Training (being built): :mod:`.dataset` (COCO-format instances, as
 ``CocoDataset`` reads them), :mod:`.pipeline` (the training pipeline and
 ``collate``), :mod:`.assigner` (``MaxIoUAssigner``, ``RandomSampler``),
 :mod:`.targets` (RPN, box and mask targets), :mod:`.losses` (the five
-losses) and :mod:`.training` (the losses of a batch end to end).
+losses), :mod:`.training` (the losses of a batch end to end, the upstream
+recipes, ``frozen_stages`` / ``norm_eval``) and :mod:`.trainer` (the
+detection task on the training core, ``tools/train_detection.py``).
 
 The reference these follow is ``tests/data/detection/README.md``.
 """

@@ -1,0 +1,190 @@
+"""Mask R-CNN training on the training core (:mod:`keras_nextvit.trainer`).
+
+:class:`DetectionTask` plugs a detector into :func:`keras_nextvit.trainer.run`
+like the classification and segmentation tasks: COCO-format data
+(:func:`.dataset.read_coco`) through mmdet's training pipeline
+(:mod:`.pipeline`), the upstream recipe (:data:`.training.RECIPES`), the
+losses of :func:`.training.detector_losses`, with the core's checkpoints,
+exact resume, logs and saving.
+
+The losses' RoI steps read their sizes from the data (eager), so the
+training step runs eagerly, on TensorFlow (a ``GradientTape``). ``fit``
+feeds the step ``(epoch, index)`` pairs; the step builds that batch itself:
+image order and flips derive from (seed, epoch, index) and the samplers'
+draws from a seed generator the checkpoint keeps, which is what makes a
+resumed run continue exactly.
+"""
+
+import dataclasses
+import math
+import os
+import pathlib
+
+import keras
+import numpy as np
+
+from .. import trainer
+from . import dataset, pipeline, training
+from .model import NextViTMaskRCNN
+
+
+LOSSES = ("loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")
+
+
+class DetectorTrainer(keras.Model):
+    """``fit``'s model: the detector and the samplers' seed generator; its
+    training step reads ``(epoch, index)`` and trains on that batch."""
+
+    def __init__(self, detector, batch_of, seed=0, **kwargs):
+        super().__init__(name=f"{detector.name}_trainer", **kwargs)
+        self.detector = detector
+        self.batch_of = batch_of
+        self.sampler_seed = keras.random.SeedGenerator(seed, name="samplers")
+        # each loss's mean over the epoch so far, as Keras logs a compiled loss
+        self.trackers = [keras.metrics.Mean(name=name) for name in LOSSES]
+        self.built = True  # the detector is; fit need not call this model on its (epoch, index) data
+
+    @property
+    def metrics(self):
+        return list(self.trackers)
+
+    def call(self, images, training=False):
+        return self.detector(images, training=training)
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        epoch, index = (int(v) for v in np.asarray(data).reshape(-1)[:2])
+        batch = self.batch_of(epoch, index)
+        with tf.GradientTape() as tape:
+            losses = training.detector_losses(self.detector, batch, self.sampler_seed, training=True)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(losses["loss"], variables), variables))
+        for tracker in self.trackers:
+            tracker.update_state(losses[tracker.name])
+        return {tracker.name: tracker.result() for tracker in self.trackers}
+
+
+def coco_split(root, split):
+    """``(annotation file, image folder)`` of a COCO-layout root:
+    ``annotations/instances_{split}.json`` and ``{split}/``."""
+    root = pathlib.Path(root)
+    annotations = root / "annotations" / f"instances_{split}.json"
+    images = root / split
+    if not annotations.is_file():
+        raise FileNotFoundError(f"{root} has no annotations/instances_{split}.json (COCO's layout).")
+    if not images.is_dir():
+        raise FileNotFoundError(f"{root} has no {split}/ image folder (COCO's layout).")
+    return str(annotations), str(images)
+
+
+class DetectionTask(trainer.TrainingTask):
+    """COCO-format instances, a Next-ViT Mask R-CNN with the backbone's
+    ``frozen_stages`` / ``norm_eval``, mmdet's five losses."""
+
+    def __init__(self, recipe, train_dir, split, variant, num_classes, weights, backbone_weights, seed,
+                 epochs=None, max_steps_per_epoch=None, scale=None):
+        self.recipe, self.train_dir, self.split = recipe, train_dir, split
+        self.variant, self.num_classes = variant, num_classes
+        self.weights, self.backbone_weights, self.seed = weights, backbone_weights, seed
+        self.epochs = recipe.epochs if epochs is None else int(epochs)
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.scale = tuple(recipe.img_scale if scale is None else scale)
+
+    def prepare(self):
+        if self.recipe.multiscale:
+            raise NotImplementedError(
+                "The 3x recipe's multi-scale AutoAugment (resize to one of 11 scales, or resize, crop "
+                "and resize) is not built yet: train with the 1x recipe's single scale."
+            )
+        self.class_names, self.records = dataset.read_coco(*coco_split(self.train_dir, self.split))
+        if not self.records:
+            raise ValueError(f"{self.train_dir}: no {self.split} image has an instance to learn from.")
+        if self.num_classes is None:
+            self.num_classes = len(self.class_names)
+        elif self.num_classes != len(self.class_names):
+            raise ValueError(
+                f"num_classes={self.num_classes}, but the annotations have {len(self.class_names)} "
+                "categories."
+            )
+        steps = math.ceil(len(self.records) / self.recipe.batch_size)
+        if self.max_steps_per_epoch:
+            steps = min(steps, int(self.max_steps_per_epoch))
+        self.steps_per_epoch = steps
+
+    def batch_of(self, epoch, index):
+        """Batch ``index`` of epoch ``epoch``: the epoch's order and each
+        image's flip (mmdet's RandomFlip, 0.5) from (seed, epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.records))
+        flips = rng.random(len(self.records)) < 0.5
+        size = self.recipe.batch_size
+        chosen = order[index * size:(index + 1) * size]
+        return pipeline.collate([
+            pipeline.training_example(self.records[i], flip=bool(flips[i]), scale=self.scale) for i in chosen
+        ])
+
+    def build_model(self):
+        detector = NextViTMaskRCNN(self.variant, self.num_classes, weights=self.weights,
+                                   backbone_weights=self.backbone_weights)
+        training.freeze_for_training(detector, self.recipe.frozen_stages, self.recipe.norm_eval)
+        return DetectorTrainer(detector, self.batch_of, seed=self.seed)
+
+    def compile(self, model):
+        model.compile(optimizer=training.build_optimizer(self.recipe, model, self.steps_per_epoch),
+                      run_eagerly=True)
+
+    def datasets(self, initial_epoch):
+        import tensorflow as tf
+
+        pairs = np.array([(e, i) for e in range(initial_epoch, self.epochs) for i in range(self.steps_per_epoch)],
+                         np.int64).reshape(-1, 2)
+        return tf.data.Dataset.from_tensor_slices(pairs).batch(1), None
+
+    def final_model(self, model, history):
+        return training.release_for_inference(model.detector)
+
+    def save(self, model, directory):
+        model.save_weights(directory / "detector.weights.h5")
+        (directory / "classes.txt").write_text("\n".join(self.class_names) + "\n")
+
+
+def train(train_dir, output_dir="runs/detection", variant="small", num_classes=None, weights=None,
+          backbone_weights=None, recipe="1x", split="train2017", epochs=None, batch_size=None,
+          learning_rate=None, scale=None, max_steps_per_epoch=None, seed=0, resume=True,
+          tensorboard=True, verbose="auto", callbacks=()):
+    """Train or fine-tune a Next-ViT Mask R-CNN on a COCO-layout folder.
+
+    Args:
+        train_dir: ``annotations/instances_{split}.json`` and ``{split}/``.
+        output_dir: ``checkpoints/``, ``log.csv``, ``tensorboard/``,
+            ``detector.weights.h5`` (loads into ``NextViTMaskRCNN(weights=...)``)
+            and ``classes.txt``.
+        variant: ``small``, ``base``, ``large`` or four stage depths.
+        num_classes: default: the annotations' categories.
+        weights: a detection checkpoint to start from (same classes).
+        backbone_weights: an ImageNet preset or checkpoint for the backbone.
+        recipe: ``"1x"`` or a :class:`.training.DetectionRecipe`.
+        epochs, batch_size, learning_rate, scale: override the recipe's
+            (``scale``: the ``(long, short)`` size images are fitted into).
+        max_steps_per_epoch: cap an epoch (smoke runs).
+        seed: seeds weights, data order, flips and the samplers.
+        resume: continue from ``output_dir/checkpoints`` when it has one.
+
+    Returns:
+        :class:`keras_nextvit.trainer.TrainingResult` (``model``: the detector).
+    """
+    recipe = training.get_recipe(recipe)
+    if batch_size is not None:
+        recipe = recipe.replace(batch_size=int(batch_size))
+    if learning_rate is not None:
+        recipe = recipe.replace(optimizer=dataclasses.replace(recipe.optimizer, learning_rate=float(learning_rate)))
+    if not os.path.isdir(train_dir):
+        raise FileNotFoundError(f"{train_dir} is not a directory.")
+    task = DetectionTask(recipe, train_dir, split, variant, num_classes, weights, backbone_weights, seed,
+                         epochs=epochs, max_steps_per_epoch=max_steps_per_epoch, scale=scale)
+    return trainer.run(task, output_dir, seed=seed, resume=resume, tensorboard=tensorboard, verbose=verbose,
+                       callbacks=callbacks)
+
+
+__all__ = ["DetectionTask", "DetectorTrainer", "LOSSES", "coco_split", "train"]
