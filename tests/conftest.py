@@ -223,6 +223,7 @@ SECONDS = {
     "test_training.py::test_resume_continues_exactly": 76,
     "test_segmentation_reference.py": 72,
     "test_detection_reference.py": 35,
+    "test_detection_training.py": 60,
     "test_reparam.py": 70,
     "test_backends.py::test_parity_on_backend::jax-jax": 120,
     "test_backends.py::test_parity_on_backend::torch-torch": 55,

@@ -200,3 +200,28 @@ def test_training_on_the_core_resumes_exactly(tmp_path):
     x = np.random.default_rng(0).uniform(-1, 1, (1, 64, 96, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(loaded(x)["rpn_cls"][0]), np.asarray(resumed.model(x)["rpn_cls"][0]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_published_detector_on_other_classes():
+    """Fine-tuning a checkpoint of 5 classes on 3: every weight but the
+    class layers (fc_cls, fc_reg, conv_logits) comes from the checkpoint."""
+    from keras_nextvit import synthetic, weights
+    from keras_nextvit.detection import trainer as detection_trainer
+
+    donor = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=5)
+    checkpoint = synthetic.synthetic_state_dict(weights.torch_state_dict_spec(donor))
+    assert detection_trainer.checkpoint_classes(checkpoint) == 5
+    weights.load_torch_weights(donor, checkpoint)
+    detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3)
+    before = {v.path: np.asarray(v).copy() for v in detector.weights}
+    detection_trainer.start_from_checkpoint(detector, checkpoint, (1, 1, 5, 1))
+    class_layers = ("fc_cls", "fc_reg", "conv_logits")
+    for mine, theirs in zip(detector.weights, donor.weights):
+        if any(f"/{name}/" in mine.path for name in class_layers):
+            np.testing.assert_array_equal(np.asarray(mine), before[mine.path])  # fresh
+            assert mine.shape != theirs.shape or "bias" in mine.path
+        else:
+            np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    assert sum(any(f"/{n}/" in v.path for n in class_layers) for v in detector.weights) == 6
+    with pytest.raises(weights.CheckpointError, match="not a Mask R-CNN checkpoint"):
+        detection_trainer.checkpoint_classes({"backbone.stem.0.conv.weight": np.zeros((64, 3, 3, 3))})

@@ -65,6 +65,39 @@ class DetectorTrainer(keras.Model):
         return {tracker.name: tracker.result() for tracker in self.trackers}
 
 
+def checkpoint_classes(source):
+    """The number of object classes a detection checkpoint (mmdet names; a
+    path or a mapping) was trained on: its ``fc_cls`` rows less background."""
+    from ..weights import CheckpointError, read_checkpoint
+
+    state = read_checkpoint(source)
+    key = "roi_head.bbox_head.fc_cls.weight"
+    if key not in state:
+        raise CheckpointError(f"{source} holds no {key}: it is not a Mask R-CNN checkpoint.")
+    return int(np.shape(state[key])[0]) - 1
+
+
+def start_from_checkpoint(detector, source, variant):
+    """Load a detection checkpoint into ``detector``. With another number of
+    classes, every weight but the class-dependent layers (the box head's
+    ``fc_cls`` and ``fc_reg``, the mask head's ``conv_logits``, which keep
+    their fresh initialisation) comes from it: fine-tuning a published
+    detector on your own classes. Returns ``detector``."""
+    classes = checkpoint_classes(source)
+    if classes == detector.num_classes:
+        from ..weights import load_torch_weights
+
+        load_torch_weights(detector, source)
+        return detector
+    donor = NextViTMaskRCNN(variant, classes, weights=source)
+    fresh = {id(v) for layer in (detector.bbox_head.fc_cls, detector.bbox_head.fc_reg,
+                                 detector.mask_head.conv_logits) for v in layer.weights}
+    for mine, theirs in zip(detector.weights, donor.weights):
+        if id(mine) not in fresh:
+            mine.assign(theirs)
+    return detector
+
+
 def coco_split(root, split):
     """``(annotation file, image folder)`` of a COCO-layout root:
     ``annotations/instances_{split}.json`` and ``{split}/``."""
@@ -125,8 +158,11 @@ class DetectionTask(trainer.TrainingTask):
         ])
 
     def build_model(self):
-        detector = NextViTMaskRCNN(self.variant, self.num_classes, weights=self.weights,
-                                   backbone_weights=self.backbone_weights)
+        keras_file = str(self.weights).endswith(".weights.h5")  # Keras weights: same classes
+        detector = NextViTMaskRCNN(self.variant, self.num_classes, backbone_weights=self.backbone_weights,
+                                   weights=self.weights if keras_file else None)
+        if self.weights is not None and not keras_file:
+            start_from_checkpoint(detector, self.weights, self.variant)
         training.freeze_for_training(detector, self.recipe.frozen_stages, self.recipe.norm_eval)
         return DetectorTrainer(detector, self.batch_of, seed=self.seed)
 
@@ -162,7 +198,9 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
             and ``classes.txt``.
         variant: ``small``, ``base``, ``large`` or four stage depths.
         num_classes: default: the annotations' categories.
-        weights: a detection checkpoint to start from (same classes).
+        weights: a detection checkpoint to start from; with another number
+            of classes than ``num_classes`` all but the class layers load
+            (:func:`start_from_checkpoint`).
         backbone_weights: an ImageNet preset or checkpoint for the backbone.
         recipe: ``"1x"`` or a :class:`.training.DetectionRecipe`.
         epochs, batch_size, learning_rate, scale: override the recipe's
@@ -187,4 +225,5 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
                        callbacks=callbacks)
 
 
-__all__ = ["DetectionTask", "DetectorTrainer", "LOSSES", "coco_split", "train"]
+__all__ = ["DetectionTask", "DetectorTrainer", "LOSSES", "checkpoint_classes", "coco_split",
+           "start_from_checkpoint", "train"]
