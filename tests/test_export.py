@@ -261,13 +261,19 @@ def test_tflite_dynamic_range(tiny, tmp_path):
     assert report.file_size_bytes < 0.3 * float_bytes(tiny)
 
 
+@pytest.fixture(scope="module")
+def two_heads(model):
+    """Logits and pre-logits: one model for both int8 modes, which then share
+    its merged form and the converter's integer SavedModel."""
+    return keras.Model(model.inputs, [model.output, model.get_layer("avg_pool").output])
+
+
 @pytest.mark.parametrize("quantize", ["int8", "int8_float_attention"])
 @pytest.mark.slow
-def test_tflite_int8_logits_and_pre_logits(model, tmp_path, quantize):
+def test_tflite_int8_logits_and_pre_logits(two_heads, tmp_path, quantize):
     """int8, calibrated on some inputs, checked on others. ``int8`` is
     full-integer; ``int8_float_attention`` keeps only the attention products
     and softmax in float32."""
-    two_heads = keras.Model(model.inputs, [model.output, model.get_layer("avg_pool").output])
     calibration = [inputs(100 + i, 4) for i in range(6)]  # 24 images
     held_out = inputs(999, 4)
     path = tmp_path / f"{quantize}.tflite"

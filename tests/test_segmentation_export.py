@@ -2,6 +2,7 @@
 ConvModule of the heads) and the export formats, each verified with per-pixel
 top-1 agreement."""
 
+import functools
 import keras
 import numpy as np
 import pytest
@@ -38,7 +39,10 @@ def test_merged_segmenter_on_golden_input(case):
         assert_close(outputs[1], nhwc(data["aux_logits"]), what="merged aux_logits")
 
 
+@functools.lru_cache(maxsize=None)
 def tiny(head):
+    """One tiny segmenter per head for the file's exports (which leave it
+    unchanged), so that they share its merged form and SavedModels."""
     model = NextViTSegmenter(head=head, **TINY)
     # Give the BatchNorms statistics that matter, so merging them is tested.
     rng = np.random.default_rng(0)
