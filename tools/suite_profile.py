@@ -101,6 +101,19 @@ TensorFlow 2.21):
   every node's protobuf, weights included, after each of its ~50 optimizer
   steps, a quarter of Next-ViT-S's conversion; the exporter now skips those
   rewrites (the graph is the same, ``tests/test_export.py``).
+- The whole suite's CPU under a sampler (``py-spy record --subprocesses -r
+  20 -f raw`` around ``pytest -n 2``: every worker, kernel and subprocess,
+  2,563 s sampled): TensorFlow tracing 433 s; creating Keras variables on
+  TensorFlow 232 s, 135 of them the random initializers of models whose
+  weights are loaded right after; imports 204 s over 42 processes
+  (TensorFlow alone 3.5-4.3 s each); the synthetic checkpoints 105 s (now
+  computed in cache-sized blocks, same bits: Next-ViT-L's 0.63 -> 0.43 s);
+  TensorFlow's Python stack capture for every traced operation 81 s;
+  h5py's dataset creation for checkpoints 30 s. XLA's compiles in the JAX
+  processes do not show (the JAX parity run: 56 s sampled of 123-141 s).
+  Exports of one model now share its merged form and the converter's
+  SavedModels (``keras_nextvit/exporters/cache.py``): tutorial 03's seven
+  exports 150 -> 135 s.
 """
 
 import argparse
