@@ -10,7 +10,7 @@ exact resume, logs and saving.
 The losses' RoI steps read their sizes from the data (eager), so the
 training step runs eagerly, on TensorFlow (a ``GradientTape``). ``fit``
 feeds the step ``(epoch, index)`` pairs; the step builds that batch itself:
-image order and flips derive from (seed, epoch, index) and the samplers'
+image order and flips derive from (seed, epoch) and the samplers'
 draws from a seed generator the checkpoint keeps, which is what makes a
 resumed run continue exactly.
 """
@@ -65,15 +65,19 @@ class DetectorTrainer(keras.Model):
         return {tracker.name: tracker.result() for tracker in self.trackers}
 
 
-def checkpoint_classes(source):
+def checkpoint_classes(source, name=None):
     """The number of object classes a detection checkpoint (mmdet names; a
-    path or a mapping) was trained on: its ``fc_cls`` rows less background."""
+    path or a mapping) was trained on: its ``fc_cls`` rows less background.
+    ``name``: what an error calls it (default: the path)."""
+    from collections.abc import Mapping
+
     from ..weights import CheckpointError, read_checkpoint
 
     state = read_checkpoint(source)
     key = "roi_head.bbox_head.fc_cls.weight"
     if key not in state:
-        raise CheckpointError(f"{source} holds no {key}: it is not a Mask R-CNN checkpoint.")
+        what = name or ("The checkpoint" if isinstance(source, Mapping) else str(source))
+        raise CheckpointError(f"{what} holds no {key}: it is not a Mask R-CNN checkpoint.")
     return int(np.shape(state[key])[0]) - 1
 
 
@@ -83,13 +87,16 @@ def start_from_checkpoint(detector, source, variant):
     ``fc_cls`` and ``fc_reg``, the mask head's ``conv_logits``, which keep
     their fresh initialisation) comes from it: fine-tuning a published
     detector on your own classes. Returns ``detector``."""
-    classes = checkpoint_classes(source)
-    if classes == detector.num_classes:
-        from ..weights import load_torch_weights
+    from collections.abc import Mapping
 
-        load_torch_weights(detector, source)
+    from ..weights import load_torch_weights, read_checkpoint
+
+    state = read_checkpoint(source)  # once: a published checkpoint is hundreds of MB
+    classes = checkpoint_classes(state, name=None if isinstance(source, Mapping) else str(source))
+    if classes == detector.num_classes:
+        load_torch_weights(detector, state)
         return detector
-    donor = NextViTMaskRCNN(variant, classes, weights=source)
+    donor = NextViTMaskRCNN(variant, classes, weights=state)
     fresh = {id(v) for layer in (detector.bbox_head.fc_cls, detector.bbox_head.fc_reg,
                                  detector.mask_head.conv_logits) for v in layer.weights}
     for mine, theirs in zip(detector.weights, donor.weights):

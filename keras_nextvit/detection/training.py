@@ -116,9 +116,10 @@ def freeze_for_training(detector, frozen_stages=1, norm_eval=True):
     from ..finetune import freeze_stages
 
     freeze_stages(detector.backbone, frozen_stages)
-    for layer in detector.backbone._flatten_layers(include_self=False):
-        if type(layer) is keras.layers.BatchNormalization and norm_eval:
-            layer.__class__ = _InferenceModeBatchNorm
+    if norm_eval:
+        for layer in detector.backbone._flatten_layers(include_self=False):
+            if type(layer) is keras.layers.BatchNormalization:
+                layer.__class__ = _InferenceModeBatchNorm
     return detector
 
 

@@ -45,6 +45,3 @@ class DerivedCache:
         value = make()
         entries[key] = (fingerprint, value)
         return value
-
-    def clear(self):
-        self._entries = weakref.WeakKeyDictionary()
