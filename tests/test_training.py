@@ -552,7 +552,16 @@ def test_jax_data_parallel_across_two_processes(folder, tmp_path):
     results = [_jax_result(w) for w in workers]
     assert [r["devices"] for r in results] == [2, 2]
     for result in results:
-        np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5)
+        # The first step's loss comes from the same weights: only the sums'
+        # order differs. Each later step starts from weights updated by
+        # gradients that were summed in another order (two halves and an
+        # all-reduce), and Adam's per-element division lets that rounding
+        # grow: after three steps the losses part by 2e-5 (a 2-core AMD EPYC
+        # Zen 4 with this test's XLA flags; the same on a Xeon with XLA's
+        # fusion off), over the first step's bound: the later steps get ten
+        # times it.
+        np.testing.assert_allclose(result["losses"][0], single["losses"][0], rtol=1e-5)
+        np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-4)
     # only the first process writes
     assert (tmp_path / "multi" / "model.keras").exists()
     assert (tmp_path / "multi" / "checkpoints" / "state.json").exists()
