@@ -73,6 +73,48 @@ def test_a_tiny_detectors_loss_falls(tmp_path):
     assert min(totals[3:]) < 0.5 * totals[0], totals
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a GradientTape step")
+def test_roi_align_gradient_without_the_crops_equals_autodiff(monkeypatch):
+    """RoIAlign's hand-written gradient (the transpose of its pooling, chunk
+    by chunk, which keeps no crop for the backward pass) equals TensorFlow's
+    own gradient of the same pooling: RoIs inside, across the border and
+    outside the map, elongated, empty; several chunks."""
+    import importlib
+
+    import tensorflow as tf
+
+    roi_align_lib = importlib.import_module("keras_nextvit.detection.roi_align")  # the module, not the function
+
+    rng = np.random.default_rng(0)
+    features = tf.constant(rng.normal(size=(2, 20, 24, 8)).astype("float32"))
+    rois = np.array([[0, 4, 4, 30, 28], [1, -6, 10, 20, 50], [0, 0, 0, 47, 39], [1, 10, 2, 44, 8],
+                     [0, 12, 12, 12, 12], [1, 30, 30, 60, 70], [0, 1.5, 2.25, 9.75, 33.5]], "float32")
+    upstream = tf.constant(rng.normal(size=(len(rois), 7, 7, 8)).astype("float32"))
+
+    def gradient():
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            pooled = roi_align_lib.roi_align(features, rois, 7, 0.5)
+            total = tf.reduce_sum(pooled * upstream)
+        return pooled.numpy(), tape.gradient(total, features).numpy()
+
+    monkeypatch.setattr(roi_align_lib, "_CHUNK_VALUES", 3 * 8 * 50)  # a few RoIs per chunk
+    pooled, ours = gradient()
+    assert np.abs(ours).max() > 0
+    monkeypatch.setattr(roi_align_lib, "_windows_pooled", roi_align_lib._pool_windows)
+    pooled_autodiff, autodiff = gradient()
+    np.testing.assert_array_equal(pooled, pooled_autodiff)
+    np.testing.assert_allclose(ours, autodiff, rtol=1e-5, atol=1e-6)
+    # pooled in groups of similar windows (as a training batch with a few long
+    # thin proposals is): the same RoI features and gradient, in RoI order
+    monkeypatch.undo()
+    monkeypatch.setattr(roi_align_lib, "_GROUP_VALUES", 0)
+    assert len(roi_align_lib._window_groups(np.array([3, 3, 20]), np.array([3, 40, 3]), 8)) == 3
+    pooled_grouped, grouped = gradient()
+    np.testing.assert_allclose(pooled_grouped, pooled, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grouped, ours, rtol=1e-5, atol=1e-6)
+
+
 def test_recipes_are_the_upstream_configs():
     """mask_rcnn_nextvit_*_{1x,3x}.py: AdamW 1e-4, weight decay 0.05 except
     on the norms, mmcv's step policy with linear warm-up from 1e-6 of the

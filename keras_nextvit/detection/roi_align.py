@@ -28,6 +28,7 @@ than the kernel's sample loop, so results agree to float32 rounding (about
 sqrt(w * h)``, ``level = floor(log2(scale / 56 + 1e-6))`` clamped to [0, 3].
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -38,6 +39,9 @@ ROI_STRIDES = (4, 8, 16, 32)
 # Crops are gathered in chunks of at most this many float32 values.
 _CHUNK_VALUES = 1 << 24
 _ROI_STEP = 32
+# Above this many float32 values of crops in one call, RoIs are pooled in
+# groups of similar windows.
+_GROUP_VALUES = 1 << 26
 
 
 def map_roi_levels(rois, num_levels=len(ROI_STRIDES), finest_scale=FINEST_SCALE):
@@ -96,10 +100,53 @@ def _window(start, end, length):
     return origin, last - origin + 1
 
 
+def _pool_windows(flat, index, weights_y, weights_x, chunk):
+    """``(R, out, out, C)``: each RoI's window of ``flat`` (``(N H W, C)``,
+    rows ``index`` ``(R, S_h, S_w)``) between its axis weights, ``chunk``
+    RoIs' crops at a time."""
+    pieces = []
+    for first in range(0, int(index.shape[0]), chunk):
+        part = slice(first, first + chunk)
+        crop = ops.take(flat, index[part], axis=0)  # (r, S_h, S_w, C)
+        rows_done = ops.einsum("rps,rstc->rptc", weights_y[part], crop)
+        pieces.append(ops.einsum("rptc,rqt->rpqc", rows_done, weights_x[part]))
+    return pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=0)
+
+
+def _windows_pooled(flat, index, weights_y, weights_x, chunk):
+    """:func:`_pool_windows`, differentiable with respect to ``flat``
+    without keeping the crops: the pooling is linear in the map, so its
+    gradient is the transpose applied to the upstream gradient, chunk by
+    chunk, summed back into the map's rows (``segment_sum``). Autodiff
+    would keep every crop until the backward pass (gigabytes for a training
+    batch's 1024 RoIs). On TensorFlow, the backend that trains detectors;
+    JAX and PyTorch run the pooling as it is."""
+    if keras.backend.backend() != "tensorflow":
+        return _pool_windows(flat, index, weights_y, weights_x, chunk)
+
+    @ops.custom_gradient
+    def pooled(flat):
+        def grad(upstream):
+            rows = int(flat.shape[0])
+            total = None
+            for first in range(0, int(index.shape[0]), chunk):
+                part = slice(first, first + chunk)
+                cols_done = ops.einsum("rpqc,rqt->rptc", upstream[part], weights_x[part])
+                crop = ops.einsum("rps,rptc->rstc", weights_y[part], cols_done)
+                summed = ops.segment_sum(ops.reshape(crop, (-1, crop.shape[-1])),
+                                         ops.reshape(index[part], (-1,)), num_segments=rows)
+                total = summed if total is None else total + summed
+            return total
+
+        # on a stopped copy: the tape would otherwise record the crops too
+        return _pool_windows(ops.stop_gradient(flat), index, weights_y, weights_x, chunk), grad
+
+    return pooled(flat)
+
+
 @compiled(static=("out", "spatial_scale", "max_grid", "window_h", "window_w"))
 def _roi_align(features, rois, out, spatial_scale, max_grid, window_h, window_w):
     _, height, width, channels = features.shape
-    count = rois.shape[0]
     start_x, end_x, bin_w, grid_w = _axis(rois, 1, 3, spatial_scale, out)
     start_y, end_y, bin_h, grid_h = _axis(rois, 2, 4, spatial_scale, out)
     origin_x, _ = _window(start_x, end_x, width)
@@ -114,13 +161,7 @@ def _roi_align(features, rois, out, spatial_scale, max_grid, window_h, window_w)
     cols = ops.minimum(origin_x[:, None] + ops.arange(window_w, dtype="int32")[None], width - 1)
     index = (batch[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
     chunk = max(1, _CHUNK_VALUES // (window_h * window_w * channels))
-    pieces = []
-    for first in range(0, count, chunk):
-        part = slice(first, min(first + chunk, count))
-        crop = ops.take(flat, index[part], axis=0)  # (r, S_h, S_w, C)
-        rows_done = ops.einsum("rps,rstc->rptc", weights_y[part], crop)
-        pieces.append(ops.einsum("rptc,rqt->rpqc", rows_done, weights_x[part]))
-    pooled = pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=0)
+    pooled = _windows_pooled(flat, index, weights_y, weights_x, chunk)
     return pooled / samples[:, None, None, None]
 
 
@@ -141,13 +182,43 @@ def roi_align(features, rois, output_size, spatial_scale):
     start_y, end_y, bin_h, grid_h = _axis(rois, 2, 4, spatial_scale, out)
     if bool(ops.convert_to_numpy(ops.any((bin_w < 0) | (bin_h < 0)))):
         raise ValueError("RoIAlign: every RoI needs x2 >= x1 and y2 >= y1 (mmcv's kernel rejects others).")
-    max_grid = int(ops.convert_to_numpy(ops.max(ops.maximum(grid_w, grid_h))))
-    window_w = int(ops.convert_to_numpy(ops.max(_window(start_x, end_x, width)[1])))
-    window_h = int(ops.convert_to_numpy(ops.max(_window(start_y, end_y, height)[1])))
-    return _roi_align(
-        features, rois, out, float(spatial_scale), max_grid,
-        min(bucket(window_h, 4), height), min(bucket(window_w, 4), width),
-    )
+    grids = ops.convert_to_numpy(ops.maximum(grid_w, grid_h))
+    windows_w = ops.convert_to_numpy(_window(start_x, end_x, width)[1])
+    windows_h = ops.convert_to_numpy(_window(start_y, end_y, height)[1])
+
+    def pooled(index=None):
+        chosen = rois if index is None else ops.take(rois, index, axis=0)
+        pick = slice(None) if index is None else index
+        return _roi_align(
+            features, chosen, out, float(spatial_scale), int(grids[pick].max()),
+            min(bucket(windows_h[pick].max(), 4), height), min(bucket(windows_w[pick].max(), 4), width),
+        )
+
+    groups = _window_groups(windows_h, windows_w, channels)
+    if len(groups) == 1:
+        return pooled()
+    order = np.concatenate(groups)
+    # each group padded with copies of its first RoI to a bucketed count: few compiled shapes on JAX
+    padded = [np.concatenate([index, np.repeat(index[:1], bucket(index.size, _ROI_STEP) - index.size)])
+              for index in groups]
+    parts = ops.concatenate([pooled(ops.convert_to_tensor(index))[: len(group)]
+                             for index, group in zip(padded, groups)], axis=0)
+    return ops.take(parts, ops.convert_to_tensor(np.argsort(order).astype("int32")), axis=0)
+
+
+def _window_groups(windows_h, windows_w, channels):
+    """The RoIs (indices) pooled together. One group, unless a few large
+    windows would make every RoI's crop as large as theirs: a training
+    batch's proposals include long thin boxes whose window spans the map,
+    while most windows are a few cells wide (the level mapping sees to
+    that). Then RoIs go by their windows' sides rounded up to powers of
+    two, so that no crop is more than four times its RoI's own window."""
+    count = len(windows_h)
+    if count * int(windows_h.max()) * int(windows_w.max()) * channels <= _GROUP_VALUES:
+        return [np.arange(count, dtype="int32")]
+    side = lambda w: np.left_shift(1, np.ceil(np.log2(np.maximum(w, 1))).astype(int))  # noqa: E731
+    keys = side(windows_h) * (1 << 16) + side(windows_w)
+    return [np.flatnonzero(keys == key).astype("int32") for key in np.unique(keys)]
 
 
 def multilevel_roi_align(features, rois, output_size, strides=ROI_STRIDES, levels=None):
