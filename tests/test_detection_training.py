@@ -8,6 +8,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import assert_close
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -113,6 +114,54 @@ def test_roi_align_gradient_without_the_crops_equals_autodiff(monkeypatch):
     pooled_grouped, grouped = gradient()
     np.testing.assert_allclose(pooled_grouped, pooled, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(grouped, ours, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a GradientTape step")
+def test_traced_dense_part_equals_the_eager_call():
+    """The training step's backbone, FPN and RPN head as one traced graph
+    give the eager call's outputs and gradients; drop path draws anew at
+    every call of the graph; the graph does not keep its detector alive."""
+    import gc
+    import weakref
+
+    import tensorflow as tf
+
+    images = tf.constant(np.random.default_rng(0).normal(size=(2, 64, 96, 3)).astype("float32"))
+
+    def run(call, variables):
+        with tf.GradientTape() as tape:
+            out = tf.nest.flatten(call(images))
+            total = sum(tf.reduce_sum(t * (i + 1)) for i, t in enumerate(out))
+        return [t.numpy() for t in out], tape.gradient(total, variables)
+
+    def check(detector):
+        variables = detector.trainable_variables
+        traced, traced_grads = run(lambda x: training.dense_outputs(detector, x, training=True), variables)
+        eager, eager_grads = run(lambda x: detector(x, training=True), variables)
+        for a, b in zip(traced, eager):  # errors relative to each tensor's largest value
+            assert_close(a, b, rel=1e-5)
+        # the same variables get gradients (all but the RoI heads'), and the same gradients
+        assert [v.path for v, g in zip(variables, traced_grads) if g is None] == [
+            v.path for v, g in zip(variables, eager_grads) if g is None]
+        assert sum(g is not None for g in traced_grads) > 100
+        # a gradient's error relative to its largest value, plus rounding of
+        # the model's largest gradient (E-MHSA's key biases have a true
+        # gradient of zero: a softmax ignores what all its logits share)
+        floor = 1e-7 * max(float(np.abs(b).max()) for b in eager_grads if b is not None)
+        for v, a, b in zip(variables, traced_grads, eager_grads):
+            if b is not None:
+                error = float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                assert error <= 1e-4 * float(np.abs(b).max()) + floor, (v.path, error)
+        return weakref.ref(detector)
+
+    keras.utils.set_random_seed(0)
+    alive = check(keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3, drop_path_rate=0.0))
+    gc.collect()
+    assert alive() is None
+
+    dropping = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3, drop_path_rate=0.5)
+    first, second = (training.dense_outputs(dropping, images, training=True)["fpn"][0] for _ in range(2))
+    assert not np.allclose(first.numpy(), second.numpy())
 
 
 def test_recipes_are_the_upstream_configs():

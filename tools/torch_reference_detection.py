@@ -742,6 +742,139 @@ def paste_masks(probs, boxes, ori_shape, threshold=MASK_THR_BINARY, tol=AMBIGUOU
 
 
 # ---------------------------------------------------------------------------
+# Training losses (mmdet 2.23 forward_train), the reference of the training
+# step's benchmark (tools/benchmark_detection_training.py)
+# ---------------------------------------------------------------------------
+
+RPN_TRAIN = dict(nms_pre=2000, max_per_img=1000, iou_threshold=0.7)
+RPN_ASSIGN = dict(pos=0.7, neg=0.3, min_pos=0.3)
+RPN_SAMPLE = dict(num=256, pos_fraction=0.5)
+RCNN_ASSIGN = dict(pos=0.5, neg=0.5, min_pos=0.5)
+RCNN_SAMPLE = dict(num=512, pos_fraction=0.25)
+LOSS_EPS = float(np.finfo(np.float32).eps)
+
+
+def box_overlaps(a, b):
+    """IoU ``(len(a), len(b))``, mmdet's ``bbox_overlaps`` (union >= 1e-6)."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_a[:, None] + area_b[None] - inter).clamp(min=1e-6)
+
+
+def max_iou_assign(boxes, gt_boxes, pos, neg, min_pos):
+    """MaxIoUAssigner with low-quality matches (gt_max_assign_all):
+    ``(B,)`` -1 ignored, 0 background, k + 1 the k-th ground-truth box."""
+    assigned = torch.full((boxes.shape[0],), -1, dtype=torch.long)
+    if gt_boxes.shape[0] == 0:
+        assigned[:] = 0
+        return assigned
+    overlaps = box_overlaps(gt_boxes, boxes)  # (G, B)
+    best, best_gt = overlaps.max(dim=0)
+    assigned[(best >= 0) & (best < neg)] = 0
+    assigned[best >= pos] = best_gt[best >= pos] + 1
+    gt_best = overlaps.max(dim=1).values
+    for k in range(gt_boxes.shape[0]):
+        if gt_best[k] >= min_pos:
+            assigned[overlaps[k] == gt_best[k]] = k + 1
+    return assigned
+
+
+def random_sample(assigned, num, pos_fraction, generator):
+    """RandomSampler: up to ``num * pos_fraction`` positives, the rest
+    negatives, each chosen uniformly; returns their indices."""
+    positives = torch.nonzero(assigned > 0).view(-1)
+    negatives = torch.nonzero(assigned == 0).view(-1)
+    take_pos = min(int(num * pos_fraction), positives.numel())
+    positives = positives[torch.randperm(positives.numel(), generator=generator)[:take_pos]]
+    take_neg = min(num - take_pos, negatives.numel())
+    negatives = negatives[torch.randperm(negatives.numel(), generator=generator)[:take_neg]]
+    return positives, negatives
+
+
+def bbox2delta(boxes, gt, stds):
+    """DeltaXYWHBBoxCoder.encode (means 0)."""
+    pxy, pwh = (boxes[:, :2] + boxes[:, 2:]) * 0.5, boxes[:, 2:] - boxes[:, :2]
+    gxy, gwh = (gt[:, :2] + gt[:, 2:]) * 0.5, gt[:, 2:] - gt[:, :2]
+    deltas = torch.cat([(gxy - pxy) / pwh, torch.log(gwh / pwh)], dim=1)
+    return deltas / deltas.new_tensor(stds)
+
+
+def training_losses(model, images, gt_boxes, gt_labels, gt_masks, generator):
+    """mmdet's five Mask R-CNN losses of a batch of equal-size images (NCHW),
+    their ground truth per image (boxes ``(G, 4)``, labels ``(G,)``, masks
+    ``(G, H, W)``), sampling with ``generator``."""
+    batch, _, height, width = images.shape
+    _, fpn = model.extract(images)
+    rpn_cls, rpn_reg = model.rpn_head(fpn)
+    anchors = level_anchors([tuple(c.shape[-2:]) for c in rpn_cls])
+    all_anchors = torch.cat([_as_tensor(a) for a in anchors])
+    flat_cls = torch.cat([c.permute(0, 2, 3, 1).reshape(batch, -1) for c in rpn_cls], 1)
+    flat_reg = torch.cat([r.permute(0, 2, 3, 1).reshape(batch, -1, 4) for r in rpn_reg], 1)
+
+    rpn_cls_terms, rpn_reg_terms, rpn_factor = [], [], 0.0
+    rois, labels, box_targets, sampled_pos = [], [], [], []
+    mask_rois, mask_labels, mask_targets = [], [], []
+    for b in range(batch):
+        assigned = max_iou_assign(all_anchors, gt_boxes[b], **RPN_ASSIGN)
+        pos, neg = random_sample(assigned, generator=generator, **RPN_SAMPLE)
+        target = torch.zeros(pos.numel() + neg.numel())
+        target[: pos.numel()] = 1.0
+        chosen = torch.cat([pos, neg])
+        rpn_cls_terms.append(F.binary_cross_entropy_with_logits(flat_cls[b, chosen], target, reduction="sum"))
+        deltas = bbox2delta(all_anchors[pos], gt_boxes[b][assigned[pos] - 1], RPN_STDS)
+        rpn_reg_terms.append((flat_reg[b, pos] - deltas).abs().sum())
+        rpn_factor += max(pos.numel(), 1) + max(neg.numel(), 1)
+
+        with torch.no_grad():
+            proposals = rpn_postprocess([c[b] for c in rpn_cls], [r[b] for r in rpn_reg], anchors,
+                                        (height, width), RPN_TRAIN["nms_pre"], RPN_TRAIN["iou_threshold"],
+                                        RPN_TRAIN["max_per_img"])[:, :4]
+        candidates = torch.cat([gt_boxes[b], proposals])
+        assigned = max_iou_assign(candidates, gt_boxes[b], **RCNN_ASSIGN)
+        pos, neg = random_sample(assigned, generator=generator, **RCNN_SAMPLE)
+        index = torch.full((pos.numel() + neg.numel(), 1), float(b))
+        rois.append(torch.cat([index, candidates[torch.cat([pos, neg])]], 1))
+        pos_gt = assigned[pos] - 1
+        label = torch.full((pos.numel() + neg.numel(),), NUM_CLASSES, dtype=torch.long)
+        label[: pos.numel()] = gt_labels[b][pos_gt]
+        labels.append(label)
+        box_targets.append(bbox2delta(candidates[pos], gt_boxes[b][pos_gt], BBOX_STDS))
+        sampled_pos.append(pos.numel())
+        mask_rois.append(torch.cat([torch.full((pos.numel(), 1), float(b)), candidates[pos]], 1))
+        mask_labels.append(gt_labels[b][pos_gt])
+        with torch.no_grad():  # the masks cropped by their RoIs (clipped to the image), >= 0.5
+            boxes = candidates[pos].clone()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            crop_rois = torch.cat([pos_gt[:, None].float(), boxes], 1)
+            cropped = roi_align(gt_masks[b][:, None].float(), crop_rois, MASK_SIZE, 1.0)
+            mask_targets.append((cropped[:, 0] >= 0.5).float())
+
+    loss_rpn_cls = sum(rpn_cls_terms) / (rpn_factor + LOSS_EPS)
+    loss_rpn_bbox = sum(rpn_reg_terms) / (rpn_factor + LOSS_EPS)
+
+    _, cls_score, bbox_pred = model.bbox_forward(fpn, torch.cat(rois))
+    labels = torch.cat(labels)
+    sampled = labels.numel()
+    loss_cls = F.cross_entropy(cls_score, labels, reduction="sum") / (max(sampled, 1) + LOSS_EPS)
+    positive = torch.cat([torch.arange(start, start + n) for start, n in zip(
+        np.cumsum([0] + [r.shape[0] for r in rois[:-1]]), sampled_pos)])
+    own = bbox_pred.view(sampled, NUM_CLASSES, 4)[positive, labels[positive]]
+    loss_bbox = (own - torch.cat(box_targets)).abs().sum() / (sampled + LOSS_EPS)
+
+    _, mask_logits = model.mask_forward(fpn, torch.cat(mask_rois))
+    mask_labels = torch.cat(mask_labels)
+    own_masks = mask_logits[torch.arange(mask_labels.numel()), mask_labels]
+    loss_mask = F.binary_cross_entropy_with_logits(own_masks, torch.cat(mask_targets), reduction="mean")
+    return {"loss_rpn_cls": loss_rpn_cls, "loss_rpn_bbox": loss_rpn_bbox, "loss_cls": loss_cls,
+            "loss_bbox": loss_bbox, "loss_mask": loss_mask}
+
+
+# ---------------------------------------------------------------------------
 # Eager latency benchmark
 # ---------------------------------------------------------------------------
 
