@@ -50,8 +50,7 @@ def test_a_tiny_detectors_loss_falls(tmp_path):
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    # at their own 64x96 (scale (112, 64)): the eager RoIAlign keeps every RoI's feature window
-    # for the gradient, which grows with the maps
+    # at their own 64x96 (scale (112, 64)): a small step, for the suite's time
     batch = pipeline.collate([pipeline.training_example(r, scale=(112, 64)) for r in shapes_dataset(tmp_path)])
     detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3)
     optimizer = keras.optimizers.AdamW(1e-4, weight_decay=0.05)  # mmdet's recipe
