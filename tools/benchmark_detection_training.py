@@ -140,7 +140,10 @@ def _timed(step, warmup, steps):
             times.append(time.perf_counter() - start)
         print(f"  step {i + 1}/{warmup + steps}: {time.perf_counter() - start:.1f} s, loss {losses[-1]:.3f}",
               file=sys.stderr, flush=True)
-    return {"seconds": times, "losses": losses}
+    import resource
+
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    return {"seconds": times, "losses": losses, "peak_gib": peak_gib}
 
 
 def cpu_model():
@@ -176,6 +179,7 @@ def main(argv=None):
         return 0
 
     seconds = {"keras": [], "torch": []}
+    peaks = {"keras": [], "torch": []}
     for round_index in range(args.rounds):
         for side in ("torch", "keras") if round_index % 2 else ("keras", "torch"):
             print(f"round {round_index + 1}/{args.rounds}: {side}", file=sys.stderr, flush=True)
@@ -187,18 +191,22 @@ def main(argv=None):
             if done.returncode or not lines:
                 print(f"error: the {side} process failed (exit {done.returncode})", file=sys.stderr)
                 return 1
-            seconds[side] += json.loads(lines[-1][len("RESULT "):])["seconds"]
+            result = json.loads(lines[-1][len("RESULT "):])
+            seconds[side] += result["seconds"]
+            peaks[side].append(result["peak_gib"])
     medians = {side: statistics.median(times) for side, times in seconds.items()}
     report = {
         "variant": args.variant, "size": [height, width], "batch": args.batch, "cpu": cpu_model(),
         "cores": os.cpu_count(), "seconds": seconds, "median_seconds": medians,
+        "peak_gib": {side: max(values) for side, values in peaks.items()},
         "keras_over_torch": medians["keras"] / medians["torch"],
     }
     print(f"Next-ViT-{args.variant[0].upper()} Mask R-CNN training step, batch {args.batch} at "
           f"{height}x{width}, {report['cpu']} ({report['cores']} cores): Keras/TensorFlow "
           f"{medians['keras']:.1f} s, PyTorch reference {medians['torch']:.1f} s (medians of "
           f"{len(seconds['keras'])} and {len(seconds['torch'])} steps): "
-          f"{report['keras_over_torch']:.2f}x")
+          f"{report['keras_over_torch']:.2f}x; largest process {report['peak_gib']['keras']:.1f} / "
+          f"{report['peak_gib']['torch']:.1f} GiB")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
