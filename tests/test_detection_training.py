@@ -115,6 +115,7 @@ def test_roi_align_gradient_without_the_crops_equals_autodiff(monkeypatch):
     np.testing.assert_allclose(grouped, ours, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a GradientTape step")
 def test_traced_dense_part_equals_the_eager_call():
     """The training step's backbone, FPN and RPN head as one traced graph
