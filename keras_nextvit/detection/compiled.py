@@ -44,33 +44,37 @@ def compiled(static=()):
     return wrap
 
 
-def call_layer(layer, *args, graph=False):
-    """``layer(*args)`` for inference; on JAX one compiled function per
-    layer (and input shape), its weights passed in as arguments; on
-    TensorFlow with ``graph`` one traced graph per input shape (worth its
-    tracing for the backbone: 3.0 -> 2.2 s for Next-ViT-S at 800x1216)."""
+def call_layer(layer, *args, graph=False, training=False):
+    """``layer(*args, training=training)``; for inference on JAX one
+    compiled function per layer (and input shape), its weights passed in as
+    arguments; on TensorFlow with ``graph`` one traced graph per layer, mode
+    and input shape (worth its tracing for the backbone: 3.0 -> 2.2 s for
+    Next-ViT-S at 800x1216; in training a GradientTape records one call and
+    the backward pass runs as a graph too). The cached functions hold their
+    layer weakly: they do not keep it alive."""
     backend = keras.backend.backend()
+    owner = weakref.ref(layer)
     if backend == "tensorflow" and graph:
-        function = _LAYER_FUNCTIONS.get(layer)
-        if function is None:
+        functions = _LAYER_FUNCTIONS.setdefault(layer, {})
+        if training not in functions:
             import tensorflow as tf
 
-            function = tf.function(lambda *inputs: layer(*inputs, training=False))
-            _LAYER_FUNCTIONS[layer] = function
-        return function(*args)
+            functions[training] = tf.function(lambda *inputs: owner()(*inputs, training=training))
+        return functions[training](*args)
+    if training:
+        return layer(*args, training=True)
     if backend != "jax":
         return layer(*args)
-    function = _LAYER_FUNCTIONS.get(layer)
-    if function is None:
+    functions = _LAYER_FUNCTIONS.setdefault(layer, {})
+    if "jax" not in functions:
         import jax
 
         def stateless(trainable, non_trainable, *inputs):
-            outputs, _ = layer.stateless_call(trainable, non_trainable, *inputs)
+            outputs, _ = owner().stateless_call(trainable, non_trainable, *inputs)
             return outputs
 
-        function = jax.jit(stateless)
-        _LAYER_FUNCTIONS[layer] = function
-    return function(
+        functions["jax"] = jax.jit(stateless)
+    return functions["jax"](
         [v.value for v in layer.trainable_variables],
         [v.value for v in layer.non_trainable_variables],
         *args,

@@ -24,7 +24,6 @@ and ``norm_eval`` (:func:`freeze_for_training`) are here too.
 """
 
 import dataclasses
-import weakref
 
 import keras
 import numpy as np
@@ -33,6 +32,7 @@ from keras import ops
 from .. import trainer
 from . import assigner, losses, targets
 from .anchors import level_anchors
+from .compiled import call_layer
 from .inference import BOX_ROI_SIZE, MASK_ROI_SIZE, _rois
 from .roi_align import multilevel_roi_align
 from .rpn_head import rpn_proposals
@@ -145,25 +145,13 @@ def _flat(maps, per_anchor):
     return ops.concatenate([ops.reshape(m, (batch, -1, per_anchor)) for m in maps], axis=1)
 
 
-_DENSE_GRAPHS = weakref.WeakKeyDictionary()
-
-
 def dense_outputs(detector, images, training=False):
     """``detector(images, training=training)``: the backbone, FPN and RPN
-    head, whose forward and backward passes are most of a training step. On
-    TensorFlow one traced graph per detector, mode and batch shape: a
-    GradientTape records one call, and the backward pass runs as a graph
-    too (Next-ViT-S at 800x1216, batch 2: 36-40 s eagerly, 25 s traced; a
-    first call traces for about 20 s)."""
-    if keras.backend.backend() != "tensorflow":
-        return detector(images, training=training)
-    graphs = _DENSE_GRAPHS.setdefault(detector, {})
-    if training not in graphs:
-        import tensorflow as tf
-
-        owner = weakref.ref(detector)  # the graph must not keep its detector alive
-        graphs[training] = tf.function(lambda inputs: owner()(inputs, training=training))
-    return graphs[training](images)
+    head, whose forward and backward passes are most of a training step; on
+    TensorFlow a traced graph (:func:`.compiled.call_layer`). Next-ViT-S at
+    800x1216, batch 2, forward and backward: 36-40 s eagerly, 25 s traced
+    (a first call traces for about 20 s)."""
+    return call_layer(detector, images, graph=True, training=training)
 
 
 def detector_losses(detector, batch, seed=None, training=False):
