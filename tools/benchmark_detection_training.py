@@ -20,7 +20,6 @@ round; the medians of the timed steps are compared.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -146,16 +145,6 @@ def _timed(step, warmup, steps):
     return {"seconds": times, "losses": losses, "peak_gib": peak_gib}
 
 
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="small", choices=("small", "base", "large"))
@@ -194,9 +183,12 @@ def main(argv=None):
             result = json.loads(lines[-1][len("RESULT "):])
             seconds[side] += result["seconds"]
             peaks[side].append(result["peak_gib"])
+    sys.path.insert(0, str(HERE))
+    from benchmark import _cpu_model  # name, family / model, instruction sets
+
     medians = {side: statistics.median(times) for side, times in seconds.items()}
     report = {
-        "variant": args.variant, "size": [height, width], "batch": args.batch, "cpu": cpu_model(),
+        "variant": args.variant, "size": [height, width], "batch": args.batch, "cpu": _cpu_model(),
         "cores": os.cpu_count(), "seconds": seconds, "median_seconds": medians,
         "peak_gib": {side: max(values) for side, values in peaks.items()},
         "keras_over_torch": medians["keras"] / medians["torch"],

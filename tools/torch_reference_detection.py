@@ -816,7 +816,7 @@ def training_losses(model, images, gt_boxes, gt_labels, gt_masks, generator):
     flat_reg = torch.cat([r.permute(0, 2, 3, 1).reshape(batch, -1, 4) for r in rpn_reg], 1)
 
     rpn_cls_terms, rpn_reg_terms, rpn_factor = [], [], 0.0
-    rois, labels, box_targets, sampled_pos = [], [], [], []
+    rois, labels, box_targets, is_positive = [], [], [], []
     mask_rois, mask_labels, mask_targets = [], [], []
     for b in range(batch):
         assigned = max_iou_assign(all_anchors, gt_boxes[b], **RPN_ASSIGN)
@@ -843,7 +843,7 @@ def training_losses(model, images, gt_boxes, gt_labels, gt_masks, generator):
         label[: pos.numel()] = gt_labels[b][pos_gt]
         labels.append(label)
         box_targets.append(bbox2delta(candidates[pos], gt_boxes[b][pos_gt], BBOX_STDS))
-        sampled_pos.append(pos.numel())
+        is_positive.append(torch.arange(pos.numel() + neg.numel()) < pos.numel())
         mask_rois.append(torch.cat([torch.full((pos.numel(), 1), float(b)), candidates[pos]], 1))
         mask_labels.append(gt_labels[b][pos_gt])
         with torch.no_grad():  # the masks cropped by their RoIs (clipped to the image), >= 0.5
@@ -861,8 +861,7 @@ def training_losses(model, images, gt_boxes, gt_labels, gt_masks, generator):
     labels = torch.cat(labels)
     sampled = labels.numel()
     loss_cls = F.cross_entropy(cls_score, labels, reduction="sum") / (max(sampled, 1) + LOSS_EPS)
-    positive = torch.cat([torch.arange(start, start + n) for start, n in zip(
-        np.cumsum([0] + [r.shape[0] for r in rois[:-1]]), sampled_pos)])
+    positive = torch.nonzero(torch.cat(is_positive)).view(-1)
     own = bbox_pred.view(sampled, NUM_CLASSES, 4)[positive, labels[positive]]
     loss_bbox = (own - torch.cat(box_targets)).abs().sum() / (sampled + LOSS_EPS)
 

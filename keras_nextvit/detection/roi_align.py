@@ -187,7 +187,8 @@ def roi_align(features, rois, output_size, spatial_scale):
     windows_h = ops.convert_to_numpy(_window(start_y, end_y, height)[1])
 
     def pooled(index=None):
-        chosen = rois if index is None else ops.take(rois, index, axis=0)
+        """The RoIs at ``index`` (NumPy; default: all), pooled in one call."""
+        chosen = rois if index is None else ops.take(rois, ops.convert_to_tensor(index), axis=0)
         pick = slice(None) if index is None else index
         return _roi_align(
             features, chosen, out, float(spatial_scale), int(grids[pick].max()),
@@ -201,7 +202,7 @@ def roi_align(features, rois, output_size, spatial_scale):
     # each group padded with copies of its first RoI to a bucketed count: few compiled shapes on JAX
     padded = [np.concatenate([index, np.repeat(index[:1], bucket(index.size, _ROI_STEP) - index.size)])
               for index in groups]
-    parts = ops.concatenate([pooled(ops.convert_to_tensor(index))[: len(group)]
+    parts = ops.concatenate([pooled(index)[: len(group)]
                              for index, group in zip(padded, groups)], axis=0)
     return ops.take(parts, ops.convert_to_tensor(np.argsort(order).astype("int32")), axis=0)
 
