@@ -140,7 +140,7 @@ def test_keras_int8_quantization_of_the_merged_model():
     """Keras' own int8 (Dense layers, i.e. every 1x1 conv and linear)."""
     import keras
     import numpy as np
-    from conftest import synthetic_checkpoint
+    from conftest import infer, synthetic_checkpoint
 
     import keras_nextvit
 
@@ -155,6 +155,6 @@ def test_keras_int8_quantization_of_the_merged_model():
     dense = [l for l in merged._flatten_layers() if isinstance(l, keras.layers.Dense)]
     assert len(dense) == 86 and all(l.quantization_mode == "int8" for l in dense)  # every 1x1 conv and linear
     x = np.random.default_rng(0).uniform(-2, 2, (2, 64, 64, 3)).astype("float32")
-    a, b = merged.predict(x, verbose=0), model.predict(x, verbose=0)
+    a, b = infer(merged, x), infer(model, x)
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() >= 0.99

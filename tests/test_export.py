@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import onnx
 import pytest
-from conftest import TINY, golden, nhwc, synthetic_tiny
+from conftest import TINY, golden, infer, nhwc, synthetic_tiny
 
 import keras_nextvit
 from keras_nextvit.exporters import onnx as onnx_export
@@ -180,7 +180,7 @@ def test_saved_model_uint8_signature(tiny, tmp_path):
     assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 64, 96, 3]
     image = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
     served = signature(images=tf.constant(image))["logits"].numpy()
-    expected = tiny.predict(keras_nextvit.preprocess_input(image), verbose=0)
+    expected = infer(tiny, keras_nextvit.preprocess_input(image))
     np.testing.assert_allclose(served, expected, atol=1e-4 * np.abs(expected).max())
 
 

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import infer
 from keras import ops
 
 import keras_nextvit
@@ -152,7 +153,7 @@ def test_keras_file_round_trip(trained_like, tmp_path):
     path = tmp_path / "model.keras"
     trained_like.save(path)
     restored = keras.saving.load_model(path)
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), trained_like.predict(x, verbose=0))
+    np.testing.assert_array_equal(infer(restored, x), infer(trained_like, x))
 
 
 LOAD_IN_A_FRESH_PROCESS = r"""
@@ -185,7 +186,7 @@ def test_keras_file_loads_after_import_keras_nextvit(tmp_path):
         [sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS, *args], capture_output=True, text=True, env=env, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), infer(model, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -193,7 +194,7 @@ def test_config_round_trip(trained_like):
     x = images((2, 64, 64, 3))
     clone = keras.Model.from_config(trained_like.get_config())
     clone.set_weights(trained_like.get_weights())
-    np.testing.assert_array_equal(clone.predict(x, verbose=0), trained_like.predict(x, verbose=0))
+    np.testing.assert_array_equal(infer(clone, x), infer(trained_like, x))
 
 
 @pytest.mark.slow
@@ -202,7 +203,7 @@ def test_weights_h5_round_trip(trained_like, tmp_path):
     path = tmp_path / "model.weights.h5"
     trained_like.save_weights(path)
     other = keras_nextvit.NextViTSmall(input_shape=(64, 64, 3), weights=str(path))
-    np.testing.assert_array_equal(other.predict(x, verbose=0), trained_like.predict(x, verbose=0))
+    np.testing.assert_array_equal(infer(other, x), infer(trained_like, x))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import functools
 
 import keras
 import pytest
-from conftest import CASES, assert_close, golden, key_spec, nhwc, synthetic_checkpoint
+from conftest import CASES, assert_close, golden, infer, key_spec, nhwc, synthetic_checkpoint
 
 import keras_nextvit
 from keras_nextvit import weights
@@ -44,7 +44,7 @@ def test_golden_outputs(case, naming):
     keras_nextvit.load_torch_weights(model, synthetic_checkpoint(variant, naming))
     data = golden(case)
     assert str(data["variant"]).endswith(variant)
-    logits, pre_logits, *stages = probe_model.predict(nhwc(data["input_nchw"]), verbose=0)
+    logits, pre_logits, *stages = infer(probe_model, nhwc(data["input_nchw"]))
     assert_close(logits, data["logits"], what="logits")
     assert_close(pre_logits, data["pre_logits"], what="pre_logits")
     checked = 0
@@ -64,6 +64,6 @@ def test_wrong_weights_break_parity():
     state[key] = state[key] * 3.0  # a copy: the cached checkpoint stays intact
     keras_nextvit.load_torch_weights(model, state)
     data = golden("small_64x96_feat")
-    logits = probe_model.predict(nhwc(data["input_nchw"]), verbose=0)[0]
+    logits = infer(probe_model, nhwc(data["input_nchw"]))[0]
     with pytest.raises(AssertionError):
         assert_close(logits, data["logits"], what="logits")

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import CASES, TINY, assert_close, golden, nhwc, synthetic_checkpoint, synthetic_tiny
+from conftest import CASES, TINY, assert_close, golden, infer, nhwc, synthetic_checkpoint, synthetic_tiny
 
 import keras_nextvit
 from keras_nextvit import reparam
@@ -33,8 +33,8 @@ def test_merged_model_matches(case):
     assert merged.count_params() < model.count_params()
 
     x = nhwc(golden(case)["input_nchw"])
-    before = outputs_of(model).predict(x, verbose=0)
-    after = outputs_of(merged).predict(x, verbose=0)
+    before = infer(outputs_of(model), x)
+    after = infer(outputs_of(merged), x)
     for name, a, b in zip(["logits", "stage1", "stage2", "stage3", "stage4"], after, before):
         assert_close(a, b, what=name)
 
@@ -47,7 +47,7 @@ def test_headless_merge_keeps_the_final_norm_as_affine(kwargs):
     assert reparam.count_batchnorms(merged) == 0
     assert isinstance(merged.get_layer("norm"), keras_nextvit.layers.ChannelAffine)
     x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
-    assert_close(merged.predict(x, verbose=0), model.predict(x, verbose=0), what="features")
+    assert_close(infer(merged, x), infer(model, x), what="features")
 
 
 @pytest.mark.slow
@@ -62,7 +62,7 @@ def test_merge_is_not_a_no_op():
     block.mlp.fc1.kernel.assign(model.get_layer("stages_3_blocks_0").mlp.fc1.kernel)
     x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
     with pytest.raises(AssertionError):
-        assert_close(merged.predict(x, verbose=0), model.predict(x, verbose=0))
+        assert_close(infer(merged, x), infer(model, x))
 
 
 @pytest.mark.slow
@@ -73,7 +73,7 @@ def test_merged_model_serializes(tmp_path):
     merged.save(path)
     restored = keras.saving.load_model(path)
     x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), merged.predict(x, verbose=0))
+    np.testing.assert_array_equal(infer(restored, x), infer(merged, x))
     assert reparam.count_batchnorms(restored) == 0
 
 
@@ -85,5 +85,5 @@ def test_merge_keeps_pre_logits_output():
     merged = keras_nextvit.merge_batchnorm(two)
     assert reparam.count_batchnorms(merged) == 0 and len(merged.outputs) == 2
     x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
-    for a, b, name in zip(merged.predict(x, verbose=0), two.predict(x, verbose=0), ["logits", "pre_logits"]):
+    for a, b, name in zip(infer(merged, x), infer(two, x), ["logits", "pre_logits"]):
         assert_close(a, b, what=name)

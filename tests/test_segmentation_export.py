@@ -6,7 +6,7 @@ import functools
 import keras
 import numpy as np
 import pytest
-from conftest import assert_close, nhwc
+from conftest import assert_close, infer, nhwc
 from test_segmentation_parity import CASES, probe, seg_checkpoint, seg_golden
 
 import keras_nextvit
@@ -31,7 +31,7 @@ def test_merged_segmenter_on_golden_input(case):
     merged = keras_nextvit.merge_batchnorm(model)
     assert count_batchnorms(model) > 0 and count_batchnorms(merged) == 0
     data = seg_golden(case)
-    outputs = merged.predict(nhwc(data["input_nchw"]), verbose=0)
+    outputs = infer(merged, nhwc(data["input_nchw"]))
     logits = outputs[0] if isinstance(outputs, list) else outputs
     first = nhwc(data["logits_first_channels"])
     assert_close(logits[..., : first.shape[-1]], first, what="merged logits")

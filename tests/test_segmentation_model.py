@@ -6,7 +6,7 @@ import functools
 import keras
 import numpy as np
 import pytest
-from conftest import synthetic_checkpoint
+from conftest import infer, synthetic_checkpoint
 from test_segmentation_parity import seg_checkpoint
 
 import keras_nextvit
@@ -27,7 +27,7 @@ def images(shape=(2, 64, 64, 3), seed=0):
 
 
 def assert_same_outputs(a, b, x):
-    np.testing.assert_array_equal(a.predict(x, verbose=0), b.predict(x, verbose=0))
+    np.testing.assert_array_equal(infer(a, x), infer(b, x))
 
 
 # ------------------------------------------------------------- checkpoints
@@ -45,15 +45,15 @@ def test_published_checkpoint_formats(tmp_path):
     model = small()
     state = seg_checkpoint("fpn", "small")
     keras_nextvit.load_torch_weights(model, state)
-    expected = model.predict(images(), verbose=0)
+    expected = infer(model, images())
     save_pth(state, tmp_path / "fpn.pth")
     again = NextViTSegmenter("small", "fpn", weights=str(tmp_path / "fpn.pth"))
-    np.testing.assert_array_equal(again.predict(images(), verbose=0), expected)
+    np.testing.assert_array_equal(infer(again, images()), expected)
     from safetensors.numpy import save_file
 
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp_path / "fpn.safetensors"))
     keras_nextvit.load_torch_weights(again, tmp_path / "fpn.safetensors")
-    np.testing.assert_array_equal(again.predict(images(), verbose=0), expected)
+    np.testing.assert_array_equal(infer(again, images()), expected)
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_auxiliary_head_loaded_or_skipped():
     keras_nextvit.load_torch_weights(without, state)  # auxiliary_head.* skipped by name
     x = images()
     np.testing.assert_allclose(
-        without.predict(x, verbose=0), with_aux.predict(x, verbose=0)[0], rtol=0, atol=1e-5
+        infer(without, x), infer(with_aux, x)[0], rtol=0, atol=1e-5
     )
 
 
@@ -149,17 +149,17 @@ def test_keras_file_round_trip_and_fixed_size_form(tmp_path, head):
     path = tmp_path / "seg.keras"
     model.save(path)
     restored = keras.saving.load_model(path)
-    for a, b in zip(model.predict(x, verbose=0), restored.predict(x, verbose=0)):
+    for a, b in zip(infer(model, x), infer(restored, x)):
         np.testing.assert_array_equal(a, b)
     fixed = NextViTSegmenter(head=head, input_shape=(97, 65, 3), auxiliary_head=head == "upernet", **TINY)
     fixed.set_weights(model.get_weights())
-    for a, b in zip(model.predict(x, verbose=0), fixed.predict(x, verbose=0)):
+    for a, b in zip(infer(model, x), infer(fixed, x)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(a).max())
 
 
 def test_stride_4_logits():
     model = NextViTSegmenter(upsample=False, **TINY)
-    assert model.predict(images((1, 65, 97, 3)), verbose=0).shape == (1, 17, 25, 5)
+    assert infer(model, images((1, 65, 97, 3))).shape == (1, 17, 25, 5)
 
 
 # ------------------------------------------------------------------ segment
@@ -204,7 +204,7 @@ def test_segment_is_the_model_at_the_images_size():
     model = NextViTSegmenter(**TINY)
     image = np.random.default_rng(5).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     classes, logits = inference.segment(model, image, scale=None, return_logits=True)
-    direct = model.predict(keras_nextvit.preprocess_input(image[None]), verbose=0)[0]
+    direct = infer(model, keras_nextvit.preprocess_input(image[None]))[0]
     np.testing.assert_allclose(logits, direct, atol=1e-4 * np.abs(direct).max())
     assert classes.shape == (70, 90) and classes.dtype == np.int32
     resized = inference.segment(model, image)  # upstream default: short side to 512, back again

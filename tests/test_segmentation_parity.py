@@ -14,7 +14,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import DATA, assert_close, nhwc
+from conftest import DATA, assert_close, infer, nhwc
 
 import keras_nextvit
 from keras_nextvit import synthetic, weights
@@ -94,7 +94,7 @@ def test_golden_outputs(case):
     assert str(data["head"]) == head and str(data["variant"]).endswith(variant)
     model, probe_model = probe(variant, head)
     keras_nextvit.load_torch_weights(model, seg_checkpoint(head, variant))
-    outputs = probe_model.predict(nhwc(data["input_nchw"]), verbose=0)
+    outputs = infer(probe_model, nhwc(data["input_nchw"]))
     features, (decode, logits, *aux) = outputs[:4], outputs[4:]
     for i, feature in enumerate(features, start=1):
         assert_close(feature, nhwc(data[f"feature{i}"]), what=f"feature{i}")
@@ -117,6 +117,6 @@ def test_wrong_weights_break_parity():
     state[key] = state[key] * 1.5
     keras_nextvit.load_torch_weights(model, state)
     data = seg_golden("seg_fpn_small_128x160")
-    decode = probe_model.predict(nhwc(data["input_nchw"]), verbose=0)[4]
+    decode = infer(probe_model, nhwc(data["input_nchw"]))[4]
     with pytest.raises(AssertionError):
         assert_close(decode, nhwc(data["decode_logits"]), what="decode_logits")

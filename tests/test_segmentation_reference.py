@@ -6,7 +6,7 @@ adaptive pooling bins are easiest to get wrong."""
 import keras
 import numpy as np
 import pytest
-from conftest import assert_close, load_tool
+from conftest import assert_close, infer, load_tool
 
 torch = pytest.importorskip("torch")
 
@@ -55,7 +55,7 @@ def test_matches_torch_reference(variant, head, shape):
     with torch.no_grad():
         expected = torch_model.forward_all(x)
     x = x.numpy()
-    outputs = probe.predict(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), verbose=0)
+    outputs = infer(probe, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
     to_nhwc = lambda t: t.numpy().transpose(0, 2, 3, 1)  # noqa: E731
     for i, feature in enumerate(expected["features"]):
         assert_close(outputs[i], to_nhwc(feature), what=f"feature{i + 1}")

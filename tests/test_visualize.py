@@ -4,7 +4,7 @@ import keras
 import matplotlib
 import numpy as np
 import pytest
-from conftest import synthetic_checkpoint
+from conftest import infer, synthetic_checkpoint
 
 import keras_nextvit
 from keras_nextvit import visualize
@@ -97,7 +97,7 @@ def test_geometry_is_what_the_layer_computes(model):
 def test_stage_features_equal_feature_extractor(model):
     x = images(64, 96)
     features = visualize.stage_features(model, x)
-    expected = keras_nextvit.feature_extractor(model).predict(x, verbose=0)
+    expected = infer(keras_nextvit.feature_extractor(model), x)
     for a, b in zip(features, expected):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     stats = visualize.activation_statistics(features)

@@ -7,7 +7,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import synthetic_checkpoint
+from conftest import infer, synthetic_checkpoint
 
 import keras_nextvit
 from keras_nextvit import weights
@@ -96,8 +96,8 @@ def test_other_class_count_loads_headless_and_into_matching_head(reference, x):
     keras_nextvit.load_torch_weights(headless, state)
     ten = small(classes=10)
     keras_nextvit.load_torch_weights(ten, state)
-    logits = ten.predict(x, verbose=0)
-    pooled = headless.predict(x, verbose=0)
+    logits = infer(ten, x)
+    pooled = infer(headless, x)
     np.testing.assert_allclose(logits, pooled @ state["head.fc.weight"].T + state["head.fc.bias"], atol=1e-4)
 
 
@@ -248,7 +248,7 @@ def test_convert_tool(reference, tmp_path, naming, x):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "nextvit_small" in result.stdout
     model = small(weights=str(out))
-    np.testing.assert_array_equal(model.predict(x, verbose=0), reference.predict(x, verbose=0))
+    np.testing.assert_array_equal(infer(model, x), infer(reference, x))
 
 
 def test_convert_rejects_wrong_variant(tmp_path):
