@@ -72,7 +72,14 @@ def _assign(layer, kernel, bias):
 
 def _copy(source, target):
     for src, dst in zip(source.weights, target.weights, strict=True):
-        dst.assign(src)
+        dst.assign(_own_copy(src))
+
+
+def _own_copy(variable):
+    """``variable``'s value in a buffer of its own. On JAX, assigning one
+    variable to another shares the array, and Keras' ``predict`` donates the
+    model's arrays to XLA: the other model's weights would be deleted."""
+    return keras.ops.convert_to_numpy(variable)
 
 
 def _merge_patch_embed(src, dst):
@@ -82,7 +89,7 @@ def _merge_patch_embed(src, dst):
 
 def _merge_mhca(src, dst):
     _assign(dst.group_conv3x3, *fold_after(src.group_conv3x3, _affine(src.norm)))
-    dst.projection.kernel.assign(src.projection.kernel)
+    dst.projection.kernel.assign(_own_copy(src.projection.kernel))
 
 
 def _merge_mlp(src, dst, pre_norm):

@@ -199,3 +199,30 @@ def test_jax_dense_as_matrix_matches_keras():
     product of the flattened rows (a faster gradient under XLA); inference and
     a training step must equal Keras' own Dense."""
     _run_on_backend("jax", JAX_MATRIX_DENSE, "JAX OK")
+
+
+JAX_MERGED_BUFFERS = r"""
+import numpy as np, keras
+import keras_nextvit
+
+keras.utils.set_random_seed(0)
+model = keras_nextvit.NextViT((1, 1, 5, 1), input_shape=(32, 32, 3), classes=10, drop_path_rate=0.0)
+merged = keras_nextvit.merge_batchnorm(model)
+x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+# Keras' predict on JAX donates the model's arrays to XLA: each model must
+# own its weights, whichever runs first.
+before = model.predict(x, verbose=0)
+after = merged.predict(x, verbose=0)
+again = model.predict(x, verbose=0)
+np.testing.assert_array_equal(before, again)
+assert np.abs(after - before).max() <= 1e-5 * np.abs(before).max()
+print("MERGED OK")
+"""
+
+
+@pytest.mark.slow
+def test_merged_model_owns_its_weights_on_jax():
+    """``merge_batchnorm`` copies the weights it keeps unchanged: on JAX a
+    shared array was deleted by the other model's ``predict`` ("Array has
+    been deleted")."""
+    _run_on_backend("jax", JAX_MERGED_BUFFERS, "MERGED OK")
