@@ -175,7 +175,9 @@ def test_recipes_are_the_upstream_configs():
     assert (one.optimizer.learning_rate, one.optimizer.weight_decay, one.batch_size) == (1e-4, 0.05, 16)
     assert (one.optimizer.betas, one.optimizer.clip_norm, one.optimizer.no_decay) == ((0.9, 0.999), None, "norms")
     assert (one.warmup_iterations, one.warmup_ratio, one.gamma) == (500, 1e-6, 0.1)
-    assert (one.frozen_stages, one.norm_eval, three.multiscale) == (1, True, True)
+    assert (one.frozen_stages, one.norm_eval, one.multiscale, three.multiscale) == (1, True, False, True)
+    assert three.multiscale_scales == tuple((1333, short) for short in range(480, 801, 32))
+    assert (three.crop_resize_scales, three.crop_size_range) == (((1333, 400), (1333, 500), (1333, 600)), (384, 600))
     with pytest.raises(ValueError, match="Unknown detection recipe '2x'"):
         training.get_recipe("2x")
     detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3)
@@ -316,3 +318,36 @@ def test_a_published_detector_on_other_classes():
     assert sum(any(f"/{n}/" in v.path for n in class_layers) for v in detector.weights) == 6
     with pytest.raises(weights.CheckpointError, match="not a Mask R-CNN checkpoint"):
         detection_trainer.checkpoint_classes({"backbone.stem.0.conv.weight": np.zeros((64, 3, 3, 3))})
+
+
+@pytest.mark.slow
+def test_the_3x_recipe_trains_on_multiscale_draws(tmp_path):
+    """recipe="3x": each image's flip, scales and crop are drawn from (seed,
+    epoch, image), so the same batch is the same arrays again (a resumed run
+    draws what the whole one drew) and another epoch draws anew; a step
+    trains on them. A fixed scale is refused."""
+    from keras_nextvit.detection import trainer as detection_trainer
+
+    (tmp_path / "data" / "train2017").mkdir(parents=True)
+    write_coco(tmp_path / "data", shapes_dataset(tmp_path / "data" / "train2017"))
+    # the 3x pipeline at this test's sizes: short sides 96 or 128, or 64 or
+    # 80 cropped to 48..64 pixels a side (the configs': 480..800, 400..600, 384..600)
+    recipe = training.RECIPES["3x"].replace(
+        batch_size=2, warmup_iterations=0, multiscale_scales=((160, 96), (160, 128)),
+        crop_resize_scales=((160, 64), (160, 80)), crop_size_range=(48, 64),
+    )
+    with pytest.raises(ValueError, match=r"scale=\(112, 64\) sets the single scale"):
+        detection_trainer.train(str(tmp_path / "data"), output_dir=str(tmp_path / "run"), recipe=recipe,
+                                scale=(112, 64))
+    task = detection_trainer.DetectionTask(recipe, str(tmp_path / "data"), "train2017", (1, 1, 5, 1), None,
+                                           None, None, seed=0)
+    task.prepare()
+    first, again, later = task.batch_of(0, 0), task.batch_of(0, 0), task.batch_of(1, 0)
+    for key in ("images", "gt_boxes", "gt_labels", "img_shapes"):
+        np.testing.assert_array_equal(first[key], again[key])
+    assert not np.array_equal(first["img_shapes"], later["img_shapes"])
+    shorts = {96, 128}
+    assert all(min(shape) in shorts for shape in np.concatenate([first["img_shapes"], later["img_shapes"]]))
+    result = detection_trainer.train(str(tmp_path / "data"), output_dir=str(tmp_path / "run"),
+                                     variant=(1, 1, 5, 1), recipe=recipe, epochs=1, tensorboard=False, verbose=0)
+    assert len(result.history["step_loss"]) == 1 and math.isfinite(result.history["step_loss"][0])

@@ -3,6 +3,10 @@
     # fine-tune from the ImageNet checkpoint: the upstream 1x recipe
     python tools/train_detection.py --train data/coco --backbone-weights nextvit_small.bd_in1k
 
+    # the 3x recipe: 36 epochs, each image flipped, resized to a short side of 480-800
+    # or resized, cropped and resized (upstream's multi-scale AutoAugment)
+    python tools/train_detection.py --train data/coco --backbone-weights nextvit_small.bd_in1k --recipe 3x
+
     # a published detector on your own classes (the heads' class layers start fresh)
     python tools/train_detection.py --train data/mine --weights mask_rcnn_1x_nextvit_small.pth \\
         --epochs 12 --batch-size 2
@@ -35,11 +39,12 @@ def parse_args(argv=None):
     parser.add_argument("--num-classes", type=int, help="default: the annotations' categories")
     parser.add_argument("--weights", help="detection checkpoint to start from")
     parser.add_argument("--backbone-weights", help="ImageNet preset name or checkpoint for the backbone")
-    parser.add_argument("--recipe", default="1x", choices=["1x"], help="upstream's 1x schedule")
-    parser.add_argument("--epochs", type=int, help="recipe: 12")
+    parser.add_argument("--recipe", default="1x", choices=["1x", "3x"],
+                        help="upstream's 1x schedule, or 3x (36 epochs, multi-scale with crops)")
+    parser.add_argument("--epochs", type=int, help="recipe: 12 (1x), 36 (3x)")
     parser.add_argument("--batch-size", type=int, help="images per step (recipe: 16)")
     parser.add_argument("--learning-rate", type=float, help="peak learning rate, used as given (recipe: 1e-4)")
-    parser.add_argument("--scale", help="LONG,SHORT: the size images are fitted into (recipe: 1333,800)")
+    parser.add_argument("--scale", help="LONG,SHORT: the size images are fitted into (1x recipe: 1333,800)")
     parser.add_argument("--max-steps-per-epoch", type=int)
     command.add_run_arguments(parser)
     return parser.parse_args(argv)

@@ -1,7 +1,9 @@
 """mmdet 2.23's image pipelines for Mask R-CNN, in NumPy: the rescale that
 testing and training share, and training's
 ``Resize(img_scale=(1333, 800), keep_ratio=True)``, ``RandomFlip``,
-``Normalize``, ``Pad(size_divisor=32)`` of one annotated image.
+``Normalize``, ``Pad(size_divisor=32)`` of one annotated image (the 1x
+configs), or the 3x configs' flip, multi-scale ``AutoAugment`` (resize, or
+resize, crop and resize), normalize and pad (:func:`multiscale_example`).
 
 * **Rescale** (mmcv's ``imrescale``): the aspect ratio kept, the long side
   at most 1333 and the short side at most 800; the image bilinear (OpenCV's
@@ -27,6 +29,11 @@ from ..segmentation.inference import read_image, rescaled_size, resize_bilinear_
 
 SCALE = (1333, 800)
 SIZE_DIVISOR = 32
+# The 3x configs' AutoAugment (mask_rcnn_nextvit_*_3x.py): the scales,
+# (long, short) as mmcv reads a keep-ratio img_scale, and RandomCrop's range.
+MULTISCALE_SCALES = tuple((1333, short) for short in range(480, 801, 32))
+CROP_RESIZE_SCALES = ((1333, 400), (1333, 500), (1333, 600))
+CROP_SIZE_RANGE = (384, 600)
 
 
 def rescale_image(array, scale=SCALE):
@@ -71,35 +78,110 @@ class TrainingExample:
     flipped: bool
 
 
-def training_example(record, flip=False, scale=SCALE, size_divisor=SIZE_DIVISOR):
-    """An annotated image (:class:`.dataset.Instances`) through mmdet's
-    training pipeline; ``flip``: this draw of ``RandomFlip``."""
+def _loaded(record):
+    """The record's uint8 image, boxes, labels and ``(K, H, W)`` masks."""
     array = read_image(record.path)
     if array.shape[:2] != (record.height, record.width):
         raise ValueError(
             f"{record.path} is {array.shape[0]}x{array.shape[1]} pixels; its annotations say "
             f"{record.height}x{record.width}."
         )
-    image, scale_factor = rescale_image(array, scale)
+    return array, record.boxes.astype(np.float32), record.labels.copy(), record.masks()
+
+
+def _rescaled(image, boxes, masks, scale):
+    """``Resize(img_scale=scale, keep_ratio=True)``: the boxes scaled and
+    clipped to the new size, the masks nearest. Also returns the factor."""
+    image, scale_factor = rescale_image(image, scale)
     new_h, new_w = image.shape[:2]
-    boxes = record.boxes * scale_factor
+    boxes = boxes * scale_factor
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, new_w)
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, new_h)
-    masks = record.masks()
     if masks.shape[1:] != (new_h, new_w):
         masks = np.ascontiguousarray(resize_nearest(masks.transpose(1, 2, 0), (new_h, new_w)).transpose(2, 0, 1))
-    if flip:
-        image, masks = image[:, ::-1], masks[:, :, ::-1]
-        boxes = np.stack([new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], axis=1)
+    return image, boxes, masks, scale_factor
+
+
+def _flipped(image, boxes, masks):
+    """``RandomFlip`` (horizontal) of the current image."""
+    width = image.shape[1]
+    boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+    return image[:, ::-1], boxes, masks[:, :, ::-1]
+
+
+def _cropped(image, boxes, labels, masks, size, offset):
+    """``RandomCrop``'s crop of ``size`` ``(h, w)`` at ``offset`` ``(y, x)``:
+    boxes shifted and clipped to the crop, those left without area dropped
+    with their labels and masks (an image may keep none: the 3x configs
+    allow negative crops)."""
+    (crop_h, crop_w), (y1, x1) = size, offset
+    image = image[y1:y1 + crop_h, x1:x1 + crop_w]
+    height, width = image.shape[:2]
+    boxes = boxes - np.array([x1, y1, x1, y1], np.float32)
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return image, boxes[keep], labels[keep], masks[keep][:, y1:y1 + crop_h, x1:x1 + crop_w]
+
+
+def _finished(image, boxes, labels, masks, scale_factor, flipped, size_divisor):
+    """``Normalize`` and ``Pad``: a :class:`TrainingExample`."""
+    new_h, new_w = image.shape[:2]
     pad_h, pad_w = padded_size(new_h, new_w, size_divisor)
     padded_image = np.zeros((pad_h, pad_w, 3), np.float32)
     padded_image[:new_h, :new_w] = preprocess_input(image)
     padded_masks = np.zeros((len(masks), pad_h, pad_w), np.uint8)
     padded_masks[:, :new_h, :new_w] = masks
     return TrainingExample(
-        image=padded_image, boxes=boxes.astype(np.float32), labels=record.labels.copy(), masks=padded_masks,
-        img_shape=(new_h, new_w), pad_shape=(pad_h, pad_w), scale_factor=scale_factor, flipped=bool(flip),
+        image=padded_image, boxes=boxes.astype(np.float32), labels=labels, masks=padded_masks,
+        img_shape=(new_h, new_w), pad_shape=(pad_h, pad_w), scale_factor=scale_factor, flipped=bool(flipped),
     )
+
+
+def training_example(record, flip=False, scale=SCALE, size_divisor=SIZE_DIVISOR):
+    """An annotated image (:class:`.dataset.Instances`) through the 1x
+    configs' training pipeline (resize, then flip); ``flip``: this draw of
+    ``RandomFlip``."""
+    image, boxes, labels, masks = _loaded(record)
+    image, boxes, masks, scale_factor = _rescaled(image, boxes, masks, scale)
+    if flip:
+        image, boxes, masks = _flipped(image, boxes, masks)
+    return _finished(image, boxes, labels, masks, scale_factor, flip, size_divisor)
+
+
+def multiscale_example(record, rng, scales=MULTISCALE_SCALES, crop_resize_scales=CROP_RESIZE_SCALES,
+                       crop_size_range=CROP_SIZE_RANGE, size_divisor=SIZE_DIVISOR):
+    """An annotated image through the 3x configs' training pipeline, its
+    random choices drawn from ``rng`` (a NumPy ``Generator``) in mmdet's
+    order: ``RandomFlip(flip_ratio=0.5)`` of the original image, then
+    ``AutoAugment`` choosing one of two policies with equal chance:
+
+    1. resize to one of ``scales`` (:data:`MULTISCALE_SCALES`: short side
+       480, 512, ... 800, long side at most 1333), each equally likely;
+    2. resize to one of ``crop_resize_scales`` (short side 400, 500 or 600),
+       ``RandomCrop(crop_type="absolute_range", crop_size=crop_size_range,
+       allow_negative_crop=True)`` (height and width each uniform in
+       384..600, at most the image's; the offset uniform), then resize to
+       one of ``scales``.
+
+    Then ``Normalize`` and ``Pad``. ``scale_factor`` is the last resize's,
+    as mmdet's ``Resize(override=True)`` leaves it."""
+    image, boxes, labels, masks = _loaded(record)
+    flip = bool(rng.random() < 0.5)
+    if flip:
+        image, boxes, masks = _flipped(image, boxes, masks)
+    if rng.integers(2) == 1:
+        first = crop_resize_scales[rng.integers(len(crop_resize_scales))]
+        image, boxes, masks, _ = _rescaled(image, boxes, masks, first)
+        height, width = image.shape[:2]
+        low, high = crop_size_range
+        size = (int(rng.integers(min(height, low), min(height, high) + 1)),
+                int(rng.integers(min(width, low), min(width, high) + 1)))
+        offset = (int(rng.integers(0, height - size[0] + 1)), int(rng.integers(0, width - size[1] + 1)))
+        image, boxes, labels, masks = _cropped(image, boxes, labels, masks, size, offset)
+    scale = scales[rng.integers(len(scales))]
+    image, boxes, masks, scale_factor = _rescaled(image, boxes, masks, scale)
+    return _finished(image, boxes, labels, masks, scale_factor, flip, size_divisor)
 
 
 def collate(examples, max_instances=None):
@@ -133,5 +215,6 @@ def collate(examples, max_instances=None):
     }
 
 
-__all__ = ["SCALE", "SIZE_DIVISOR", "TrainingExample", "collate", "padded_size", "rescale_image",
+__all__ = ["CROP_RESIZE_SCALES", "CROP_SIZE_RANGE", "MULTISCALE_SCALES", "SCALE", "SIZE_DIVISOR",
+           "TrainingExample", "collate", "multiscale_example", "padded_size", "rescale_image",
            "resize_nearest", "training_example"]

@@ -129,14 +129,14 @@ class DetectionTask(trainer.TrainingTask):
         self.weights, self.backbone_weights, self.seed = weights, backbone_weights, seed
         self.epochs = recipe.epochs if epochs is None else int(epochs)
         self.max_steps_per_epoch = max_steps_per_epoch
+        if recipe.multiscale and scale is not None:
+            raise ValueError(
+                f"scale={tuple(scale)} sets the single scale of a recipe without multi-scale training; this "
+                "recipe draws each image's scale from the 3x configs' (short side 480 to 800, or a crop)."
+            )
         self.scale = tuple(recipe.img_scale if scale is None else scale)
 
     def prepare(self):
-        if self.recipe.multiscale:
-            raise NotImplementedError(
-                "The 3x recipe's multi-scale AutoAugment (resize to one of 11 scales, or resize, crop "
-                "and resize) is not built yet: train with the 1x recipe's single scale."
-            )
         self.class_names, self.records = dataset.read_coco(*coco_split(self.train_dir, self.split))
         if not self.records:
             raise ValueError(f"{self.train_dir}: no {self.split} image has an instance to learn from.")
@@ -154,12 +154,22 @@ class DetectionTask(trainer.TrainingTask):
 
     def batch_of(self, epoch, index):
         """Batch ``index`` of epoch ``epoch``: the epoch's order and each
-        image's flip (mmdet's RandomFlip, 0.5) from (seed, epoch)."""
+        image's flip (mmdet's RandomFlip, 0.5) from (seed, epoch); with the
+        3x recipe each image's flip, scales and crop from (seed, epoch,
+        image), so that a resumed run draws what the whole one drew."""
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.records))
         flips = rng.random(len(self.records)) < 0.5
         size = self.recipe.batch_size
         chosen = order[index * size:(index + 1) * size]
+        if self.recipe.multiscale:
+            return pipeline.collate([
+                pipeline.multiscale_example(
+                    self.records[i], np.random.default_rng([self.seed, epoch, int(i)]),
+                    self.recipe.multiscale_scales, self.recipe.crop_resize_scales, self.recipe.crop_size_range,
+                )
+                for i in chosen
+            ])
         return pipeline.collate([
             pipeline.training_example(self.records[i], flip=bool(flips[i]), scale=self.scale) for i in chosen
         ])
@@ -209,9 +219,12 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
             of classes than ``num_classes`` all but the class layers load
             (:func:`start_from_checkpoint`).
         backbone_weights: an ImageNet preset or checkpoint for the backbone.
-        recipe: ``"1x"`` or a :class:`.training.DetectionRecipe`.
+        recipe: ``"1x"``, ``"3x"`` (36 epochs, multi-scale training:
+            :func:`.pipeline.multiscale_example`) or a
+            :class:`.training.DetectionRecipe`.
         epochs, batch_size, learning_rate, scale: override the recipe's
-            (``scale``: the ``(long, short)`` size images are fitted into).
+            (``scale``: the ``(long, short)`` size images are fitted into;
+            not with a multi-scale recipe).
         max_steps_per_epoch: cap an epoch (smoke runs).
         seed: seeds weights, data order, flips and the samplers.
         resume: continue from ``output_dir/checkpoints`` when it has one.

@@ -30,7 +30,7 @@ import numpy as np
 from keras import ops
 
 from .. import trainer
-from . import assigner, losses, targets
+from . import assigner, losses, pipeline, targets
 from .anchors import level_anchors
 from .compiled import call_layer
 from .inference import BOX_ROI_SIZE, MASK_ROI_SIZE, _rois
@@ -66,7 +66,14 @@ class DetectionRecipe:
     frozen_stages: int = 1
     norm_eval: bool = True
     img_scale: tuple = (1333, 800)
+    # 3x: each image flipped, then resized to one of ``multiscale_scales``,
+    # or resized to one of ``crop_resize_scales``, cropped (sides drawn in
+    # ``crop_size_range``) and resized to one of ``multiscale_scales``
+    # (AutoAugment's two policies; :func:`.pipeline.multiscale_example`)
     multiscale: bool = False
+    multiscale_scales: tuple = pipeline.MULTISCALE_SCALES
+    crop_resize_scales: tuple = pipeline.CROP_RESIZE_SCALES
+    crop_size_range: tuple = pipeline.CROP_SIZE_RANGE
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
