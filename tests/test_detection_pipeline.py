@@ -215,6 +215,8 @@ def test_a_crop_without_instances_is_kept_empty(record):
     assert empty.boxes.shape == (0, 4) and empty.labels.shape == (0,) and empty.masks.shape[0] == 0
     batch = pipeline.collate([empty, kept])
     assert batch["gt_boxes"].shape == (2, 1, 4) and batch["gt_valid"].tolist() == [[False], [True]]
+    batch = pipeline.collate([empty, empty])  # still one (padded) box to assign against
+    assert batch["gt_boxes"].shape == (2, 1, 4) and not batch["gt_valid"].any()
 
 
 def test_multiscale_draws_cover_the_3x_configs_scales(record):

@@ -113,6 +113,10 @@ def test_an_image_without_ground_truth_is_all_background():
     gt_inds, overlaps, labels = assigner.max_iou_assign(boxes, gt_boxes, gt_labels, valid, 0.7, 0.3, 0.3)
     assert (ops.convert_to_numpy(gt_inds) == 0).all() and (ops.convert_to_numpy(overlaps) == 0).all()
     assert (ops.convert_to_numpy(labels) == -1).all()
+    # the anchors over the padding stay out, as mmdet leaves them out of the assignment
+    inside = np.arange(20) < 15
+    gt_inds, _, _ = assigner.max_iou_assign(boxes, gt_boxes, gt_labels, valid, 0.7, 0.3, 0.3, box_valid=inside)
+    np.testing.assert_array_equal(ops.convert_to_numpy(gt_inds), np.where(inside, 0, -1))
 
 
 def test_ground_truth_joins_the_proposals():

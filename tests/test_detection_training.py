@@ -73,6 +73,27 @@ def test_a_tiny_detectors_loss_falls(tmp_path):
     assert min(totals[3:]) < 0.5 * totals[0], totals
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a GradientTape step")
+def test_a_batch_without_instances_is_all_background(tmp_path):
+    """Crops that missed every box (the 3x recipe allows them): the RPN and
+    box head learn background only, the box and mask losses are zero, and
+    every gradient is finite."""
+    import tensorflow as tf
+
+    record = shapes_dataset(tmp_path, count=1)[0]
+    empty = dataset.Instances(record.path, 1, 64, 96, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), [],
+                              np.zeros((0, 4), np.float32))
+    batch = pipeline.collate([pipeline.training_example(empty, scale=(112, 64))] * 2)
+    detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3)
+    with tf.GradientTape() as tape:
+        out = training.detector_losses(detector, batch, keras.random.SeedGenerator(0))
+    assert float(out["loss_rpn_cls"]) > 0 and float(out["loss_cls"]) > 0
+    assert float(out["loss_rpn_bbox"]) == float(out["loss_bbox"]) == float(out["loss_mask"]) == 0.0
+    grads = tape.gradient(out["loss"], detector.trainable_variables)
+    assert all(np.isfinite(g.numpy()).all() for g in grads if g is not None)
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a GradientTape step")
 def test_roi_align_gradient_without_the_crops_equals_autodiff(monkeypatch):
     """RoIAlign's hand-written gradient (the transpose of its pooling, chunk

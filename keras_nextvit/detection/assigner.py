@@ -114,6 +114,8 @@ def max_iou_assign(boxes, gt_boxes, gt_labels, gt_valid, pos_iou_thr, neg_iou_th
         assigned = ops.where(claim > 0, claim, assigned)
 
     assigned = ops.where(has_gt, assigned, 0)
+    if box_valid is not None:  # without ground truth too: no candidate over the padding is background
+        assigned = ops.where(ops.convert_to_tensor(box_valid, "bool"), assigned, -1)
     max_overlaps = ops.where(has_gt, max_overlaps, 0.0)
     labels = ops.take(ops.cast(gt_labels, "int32"), ops.maximum(assigned - 1, 0))
     labels = ops.where(assigned > 0, labels, -1)

@@ -188,14 +188,16 @@ def collate(examples, max_instances=None):
     """A batch of :class:`TrainingExample`: the images padded together to the
     largest (as mmdet's collate: each keeps its own ``pad_shape``), the
     ground truth padded to ``max_instances`` boxes (default: the most in
-    the batch) with a validity mask. Returns a dict: ``images`` (B, H, W, 3),
+    the batch, at least one) with a validity mask. Returns a dict: ``images`` (B, H, W, 3),
     ``gt_boxes`` (B, G, 4), ``gt_labels`` (B, G), ``gt_valid`` (B, G),
     ``img_shapes`` and ``pad_shapes`` (B, 2), ``masks`` (a list of each
     image's ``(K, Hp, Wp)``)."""
     if not examples:
         raise ValueError("collate needs at least one example.")
     counts = [len(e.boxes) for e in examples]
-    size = max(counts) if max_instances is None else int(max_instances)
+    # at least one slot: a batch of images without instances (crops that
+    # missed every box) still has a (padded) ground truth to assign against
+    size = max(max(counts), 1) if max_instances is None else int(max_instances)
     if max(counts) > size:
         raise ValueError(f"An image has {max(counts)} instances; max_instances is {size}.")
     height = max(e.image.shape[0] for e in examples)
