@@ -290,10 +290,16 @@ def test_training_on_the_core_resumes_exactly(tmp_path):
     (tmp_path / "data" / "train2017").mkdir(parents=True)
     write_coco(tmp_path / "data", shapes_dataset(tmp_path / "data" / "train2017"))
     recipe = training.RECIPES["1x"].replace(batch_size=2, warmup_iterations=0)
+    # scored after every epoch (on its own training images here: the plumbing, not the numbers)
     options = dict(variant=(1, 1, 5, 1), recipe=recipe, epochs=2, scale=(112, 64), tensorboard=False,
-                   verbose=0)
+                   verbose=0, val_dir=str(tmp_path / "data"), val_split="train2017")
     full = detection_trainer.train(str(tmp_path / "data"), output_dir=str(tmp_path / "full"), **options)
     assert full.model.num_classes == 3 and len(full.history["step_loss"]) == 2
+    names = ("val_bbox_mAP", "val_bbox_mAP_50", "val_segm_mAP", "val_segm_mAP_50")
+    assert all(len(full.history[n]) == 2 and all(0 <= v <= 1 for v in full.history[n]) for n in names)
+    assert full.metrics == {n[4:]: full.history[n][-1] for n in names}
+    header = (tmp_path / "full" / "log.csv").read_text().splitlines()[0].split(",")
+    assert set(names) <= set(header)
 
     class Interrupt(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
@@ -306,9 +312,15 @@ def test_training_on_the_core_resumes_exactly(tmp_path):
     resumed = detection_trainer.train(str(tmp_path / "data"), output_dir=str(tmp_path / "cut"), **options)
     assert resumed.initial_epoch == 1
     np.testing.assert_allclose(resumed.history["step_loss"], full.history["step_loss"][1:], rtol=1e-5)
+    np.testing.assert_allclose(resumed.history["val_segm_mAP"], full.history["val_segm_mAP"][1:], atol=1e-6)
     for a, b in zip(resumed.model.get_weights(), full.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert (tmp_path / "cut" / "classes.txt").read_text().split() == ["red", "green", "blue"]
+    (tmp_path / "other" / "train2017").mkdir(parents=True)
+    write_coco(tmp_path / "other", shapes_dataset(tmp_path / "other" / "train2017"), ("red", "blue", "green"))
+    with pytest.raises(ValueError, match=r"categories \['red', 'blue', 'green'\] are not the training data's"):
+        detection_trainer.train(str(tmp_path / "data"), output_dir=str(tmp_path / "bad"),
+                                **dict(options, val_dir=str(tmp_path / "other")))
     loaded = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3,
                                            weights=str(tmp_path / "cut" / "detector.weights.h5"))
     x = np.random.default_rng(0).uniform(-1, 1, (1, 64, 96, 3)).astype("float32")

@@ -12,7 +12,8 @@
         --epochs 12 --batch-size 2
 
 Folders: annotations/instances_{split}.json and {split}/ (COCO's layout;
---split, default train2017). Run it again with the same --output to resume
+--split, default train2017). --val COCO_ROOT (--val-split, default val2017)
+is scored after every epoch: COCO box and mask mAP in log.csv. Run it again with the same --output to resume
 from the last checkpoint (every epoch). OUTPUT/detector.weights.h5 loads into
 NextViTMaskRCNN(weights=...) and tools/eval_detection.py --weights. See
 keras_nextvit.detection.trainer.train for what each option does.
@@ -46,16 +47,15 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, help="peak learning rate, used as given (recipe: 1e-4)")
     parser.add_argument("--scale", help="LONG,SHORT: the size images are fitted into (1x recipe: 1333,800)")
     parser.add_argument("--max-steps-per-epoch", type=int)
+    parser.add_argument("--val-split", default="val2017",
+                        help="with --val COCO_ROOT: annotations/instances_{split}.json + {split}/, "
+                             "scored (box and mask mAP) after every epoch")
+    parser.add_argument("--val-limit", type=int, help="score only the first N validation images")
     command.add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def _options(args):
-    if args.val is not None:
-        raise NotImplementedError(
-            "--val: evaluation during detection training is not built yet; score the saved "
-            "detector with tools/eval_detection.py"
-        )
     scale = None
     if args.scale:
         scale = command.ints(args.scale, "--scale")
@@ -69,6 +69,7 @@ def _options(args):
             "and --mixed-precision"
         )
     return dict(output_dir=folders["output_dir"], variant=folders["variant"], scale=scale,
+                val_dir=folders["val_dir"], val_split=args.val_split, val_limit=args.val_limit,
                 **command.same_names(args, OPTIONS), **run)
 
 

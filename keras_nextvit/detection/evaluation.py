@@ -72,7 +72,7 @@ def _summary(coco, results, iou_type):
 
 
 def evaluate_coco(predict, coco_root, split="val2017", limit=None, progress=True, results_prefix=None,
-                  masks=True):
+                  masks=True, category_ids=None):
     """Detect every image of a COCO-layout folder and score the detections.
 
     Args:
@@ -85,6 +85,9 @@ def evaluate_coco(predict, coco_root, split="val2017", limit=None, progress=True
         results_prefix: write ``{prefix}.bbox.json`` and ``{prefix}.segm.json``
             (COCO results, as mmdet's ``format_results``).
         masks: score the masks too (``segm``).
+        category_ids: the category id of each class index (default: the
+            annotation file's categories in its order, as
+            :func:`.dataset.read_coco` numbers them; COCO's 80 for COCO).
 
     Returns:
         ``{"bbox": {metric: value}, "segm": {...}, "num_images": n}`` with
@@ -106,6 +109,8 @@ def evaluate_coco(predict, coco_root, split="val2017", limit=None, progress=True
         raise ValueError(f"{annotation_file} lists no images.")
     coco.dataset["images"] = [img for img in coco.dataset["images"] if img["id"] in set(image_ids)]
     coco.createIndex()
+    if category_ids is None:
+        category_ids = [c["id"] for c in coco.dataset["categories"]]
     bar = keras.utils.Progbar(len(image_ids), unit_name="image") if progress else None
     bbox, segm = [], []
     for done, image_id in enumerate(image_ids, 1):
@@ -117,7 +122,7 @@ def evaluate_coco(predict, coco_root, split="val2017", limit=None, progress=True
                 f"{path} is {image.shape[0]}x{image.shape[1]}; the annotations say "
                 f"{info['height']}x{info['width']}."
             )
-        boxes, masks_ = coco_results(predict(image), image_id, masks=masks)
+        boxes, masks_ = coco_results(predict(image), image_id, category_ids, masks=masks)
         bbox += boxes
         segm += masks_
         if bar is not None:

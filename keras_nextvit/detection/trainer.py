@@ -118,13 +118,42 @@ def coco_split(root, split):
     return str(annotations), str(images)
 
 
+class COCOValidation(keras.callbacks.Callback):
+    """After every epoch, the detector being trained detects every image of
+    a COCO-layout split (mmdet's test pipeline at ``scale``) and COCOeval
+    scores it, as mmdet's ``evaluation = dict(metric=["bbox", "segm"])``:
+    ``val_bbox_mAP``, ``val_bbox_mAP_50``, ``val_segm_mAP`` and
+    ``val_segm_mAP_50`` go into the epoch's logs (``log.csv``, the history,
+    TensorBoard)."""
+
+    def __init__(self, root, split, scale, limit=None):
+        super().__init__()
+        self.root, self.split, self.scale, self.limit = root, split, scale, limit
+        self.last = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from .evaluation import evaluate_coco
+        from .inference import detect
+
+        detector = self.model.detector
+        scores = evaluate_coco(lambda image: detect(detector, image, scale=self.scale), self.root, self.split,
+                               limit=self.limit, progress=False)
+        self.last = {f"{kind}_{metric}": scores[kind][metric]
+                     for kind in ("bbox", "segm") for metric in ("mAP", "mAP_50")}
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in self.last.items()})
+
+
 class DetectionTask(trainer.TrainingTask):
     """COCO-format instances, a Next-ViT Mask R-CNN with the backbone's
     ``frozen_stages`` / ``norm_eval``, mmdet's five losses."""
 
     def __init__(self, recipe, train_dir, split, variant, num_classes, weights, backbone_weights, seed,
-                 epochs=None, max_steps_per_epoch=None, scale=None):
+                 epochs=None, max_steps_per_epoch=None, scale=None, val_dir=None, val_split="val2017",
+                 val_limit=None):
         self.recipe, self.train_dir, self.split = recipe, train_dir, split
+        self.val_dir, self.val_split, self.val_limit = val_dir, val_split, val_limit
+        self.validation = None
         self.variant, self.num_classes = variant, num_classes
         self.weights, self.backbone_weights, self.seed = weights, backbone_weights, seed
         self.epochs = recipe.epochs if epochs is None else int(epochs)
@@ -138,6 +167,13 @@ class DetectionTask(trainer.TrainingTask):
 
     def prepare(self):
         self.class_names, self.records = dataset.read_coco(*coco_split(self.train_dir, self.split))
+        if self.val_dir is not None:
+            val_names, _ = dataset.read_coco(*coco_split(self.val_dir, self.val_split))
+            if val_names != self.class_names:
+                raise ValueError(
+                    f"{self.val_dir}: the {self.val_split} categories {val_names} are not the training "
+                    f"data's {self.class_names} (same names, same order)."
+                )
         if not self.records:
             raise ValueError(f"{self.train_dir}: no {self.split} image has an instance to learn from.")
         if self.num_classes is None:
@@ -187,6 +223,22 @@ class DetectionTask(trainer.TrainingTask):
         model.compile(optimizer=training.build_optimizer(self.recipe, model, self.steps_per_epoch),
                       run_eagerly=True)
 
+    def callbacks(self):
+        if self.val_dir is None:
+            return []
+        self.validation = COCOValidation(self.val_dir, self.val_split, self.scale, self.val_limit)
+        return [self.validation]
+
+    def metrics(self, final, model, history, val_ds):
+        """The last validation's COCO mAPs (none without ``val_dir``; a run
+        that had no epoch left to train scores its final detector)."""
+        if self.validation is None:
+            return {}
+        if self.validation.last is None:
+            self.validation.set_model(model)
+            self.validation.on_epoch_end(None)
+        return dict(self.validation.last)
+
     def datasets(self, initial_epoch):
         import tensorflow as tf
 
@@ -205,7 +257,7 @@ class DetectionTask(trainer.TrainingTask):
 def train(train_dir, output_dir="runs/detection", variant="small", num_classes=None, weights=None,
           backbone_weights=None, recipe="1x", split="train2017", epochs=None, batch_size=None,
           learning_rate=None, scale=None, max_steps_per_epoch=None, seed=0, resume=True,
-          tensorboard=True, verbose="auto", callbacks=()):
+          tensorboard=True, verbose="auto", callbacks=(), val_dir=None, val_split="val2017", val_limit=None):
     """Train or fine-tune a Next-ViT Mask R-CNN on a COCO-layout folder.
 
     Args:
@@ -228,6 +280,11 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
         max_steps_per_epoch: cap an epoch (smoke runs).
         seed: seeds weights, data order, flips and the samplers.
         resume: continue from ``output_dir/checkpoints`` when it has one.
+        val_dir: a COCO-layout folder (``annotations/instances_{val_split}.json``
+            and ``{val_split}/``) scored after every epoch: COCO box and
+            mask mAP (and at IoU 0.5) in the logs and ``metrics``, the
+            images detected at the training ``scale`` (mmdet's test pipeline
+            at (1333, 800) by default). ``val_limit``: its first images only.
 
     Returns:
         :class:`keras_nextvit.trainer.TrainingResult` (``model``: the detector).
@@ -239,11 +296,14 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
         recipe = recipe.replace(optimizer=dataclasses.replace(recipe.optimizer, learning_rate=float(learning_rate)))
     if not os.path.isdir(train_dir):
         raise FileNotFoundError(f"{train_dir} is not a directory.")
+    if val_dir is not None and not os.path.isdir(val_dir):
+        raise FileNotFoundError(f"{val_dir} is not a directory.")
     task = DetectionTask(recipe, train_dir, split, variant, num_classes, weights, backbone_weights, seed,
-                         epochs=epochs, max_steps_per_epoch=max_steps_per_epoch, scale=scale)
+                         epochs=epochs, max_steps_per_epoch=max_steps_per_epoch, scale=scale, val_dir=val_dir,
+                         val_split=val_split, val_limit=val_limit)
     return trainer.run(task, output_dir, seed=seed, resume=resume, tensorboard=tensorboard, verbose=verbose,
                        callbacks=callbacks)
 
 
-__all__ = ["DetectionTask", "DetectorTrainer", "LOSSES", "checkpoint_classes", "coco_split",
+__all__ = ["COCOValidation", "DetectionTask", "DetectorTrainer", "LOSSES", "checkpoint_classes", "coco_split",
            "start_from_checkpoint", "train"]

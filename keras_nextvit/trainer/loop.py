@@ -116,6 +116,11 @@ class TrainingTask:
     def on_start(self, output_dir):
         """Before ``fit``, on the chief only (e.g. write the run's settings)."""
 
+    def callbacks(self):
+        """The task's own callbacks, run first at each epoch's end (so that
+        what they add to the logs reaches ``log.csv`` and the history)."""
+        return []
+
     def final_model(self, model, history):
         """The model to save and return (default: the trained one)."""
         return model
@@ -166,6 +171,7 @@ def run(task, output_dir, distribution="none", mixed_precision=None, seed=0, res
                 task.on_start(output_dir)
             step_log = StepLog()
             run_callbacks = [
+                *task.callbacks(),
                 TrainingCheckpoint(checkpoint_dir),
                 keras.callbacks.CSVLogger(str(log_dir / "log.csv"), append=initial_epoch > 0),
             ]
