@@ -13,8 +13,8 @@
 
 Folders: annotations/instances_{split}.json and {split}/ (COCO's layout;
 --split, default train2017). --val COCO_ROOT (--val-split, default val2017)
-is scored after every epoch: COCO box and mask mAP in log.csv. Run it again with the same --output to resume
-from the last checkpoint (every epoch). OUTPUT/detector.weights.h5 loads into
+is scored after every epoch: COCO box and mask mAP in log.csv. Run it again
+with the same --output to resume from the last checkpoint (every epoch). OUTPUT/detector.weights.h5 loads into
 NextViTMaskRCNN(weights=...) and tools/eval_detection.py --weights. See
 keras_nextvit.detection.trainer.train for what each option does.
 """
