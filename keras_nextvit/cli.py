@@ -380,38 +380,12 @@ def build_parser():
     return parser
 
 
-def _import_tensorflow_quietly():
-    """Import TensorFlow with its C++ start-up lines (absl's pre-init
-    warning, oneDNN, CUDA probes) sent to /dev/null: TensorFlow writes them
-    to the process' stderr before TF_CPP_MIN_LOG_LEVEL takes effect. Every
-    command but ``--help`` uses TensorFlow (tf.data, the exporters), Keras'
-    default backend."""
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to silence
-        saved = None
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        if saved is not None:
-            os.dup2(devnull, 2)
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError:
-            pass  # the command that needs it says so
-    finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
-        os.close(devnull)
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)  # --help answers here, before any backend
-    _import_tensorflow_quietly()
+    from .startup import import_tensorflow_quietly
+
+    # every command but --help uses TensorFlow (tf.data, the exporters)
+    import_tensorflow_quietly()
     try:
         return args.run(args) or 0
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:

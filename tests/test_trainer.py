@@ -90,6 +90,24 @@ def test_scaffold_parses_variants():
         command.variant("1,1,5")
 
 
+@pytest.mark.slow
+def test_a_mistake_found_after_tensorflow_loads_is_the_only_line(tmp_path):
+    """The training tools load TensorFlow with its C++ start-up lines (absl,
+    oneDNN, CUDA probes) silenced: a mistake found once it has loaded (a
+    folder without COCO annotations) is all the tool writes to stderr."""
+    import pathlib
+
+    (tmp_path / "coco").mkdir()
+    tool = pathlib.Path(__file__).parent.parent / "tools" / "train_detection.py"
+    result = subprocess.run(
+        [sys.executable, str(tool), "--train", str(tmp_path / "coco"), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    expected = f"error: {tmp_path / 'coco'} has no annotations/instances_train2017.json (COCO's layout)."
+    assert result.stderr.splitlines() == [expected], result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("tool", ["train", "train_segmentation", "train_detection"])
 def test_commands_end_a_mistake_without_a_traceback(tool, tmp_path, capsys):
     main = load_tool(tool).main

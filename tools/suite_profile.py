@@ -90,6 +90,18 @@ TensorFlow 2.21):
   notebooks 661 -> 473 test-seconds, the PyTorch reference files 95 -> 36).
   XLA's own flags for one thread (``--xla_cpu_multi_thread_eigen=false``)
   changed nothing for the JAX parity files pinned to one core (56.5 -> 54.7 s).
+- A first ``predict`` on TensorFlow traces the model into a graph:
+  Next-ViT-S at 64x96 2.4 s, against 0.3 s for calling the model (S at
+  224: 2.4 against 0.6 s). Tests that check one batch call the model
+  (``conftest.infer``; JAX keeps ``predict``, one compiled program):
+  ``test_parity.py`` and ``test_reparam.py`` in one process 78 -> 41 s
+  (2-core Xeon, family 6 model 207). Keras' variable initialisers cost
+  little on TensorFlow (S builds in 1.3 s with them or with zeros) and
+  much on JAX (S 3.9 -> 1.4 s, B 1.9 -> 0.5, L 2.6 -> 0.5 s with zeros,
+  each in a fresh process). The JAX parity run's state-dict spec tests
+  take ~37 s of its 114 (alone) building models to read their weights'
+  names; building the segmenters' in a ``keras.StatelessScope`` (no
+  initialiser runs) did not make them faster (28.9 -> 25.5 s, noise).
 - Tried and left: ``jit_compile=True`` for the digits training (the XLA
   compile costs more than it saves: 63 s -> 109 s); TFLite's
   ``int8_float_attention`` without the quantization debugger's instrumented

@@ -94,6 +94,9 @@ def run_command(args, train, summary=summary):
             raise FileNotFoundError(f"--train: {args.train} is not a directory")
         if args.val is not None and not os.path.isdir(args.val):
             raise FileNotFoundError(f"--val: {args.val} is not a directory")
+        from ..startup import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
         import tensorflow as tf
 
         try:
