@@ -70,15 +70,18 @@ def test_demo_classifies_saves_and_reloads():
 
 
 @pytest.mark.slow
-def test_demo_with_a_checkpoint(tmp_path):
+def test_demo_with_a_checkpoint(tmp_path, capsys):
+    """In this process (the command's own process is the test above's)."""
     from conftest import synthetic_checkpoint
     from safetensors.numpy import save_file
 
+    from keras_nextvit import cli
+
     path = tmp_path / "small.safetensors"
     save_file(dict(synthetic_checkpoint("small")), str(path))
-    result = run("demo", "--size", "64", "--weights", str(path))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"weights: {path}" in result.stdout and "untrained" not in result.stdout
+    assert cli.main(["demo", "--size", "64", "--weights", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"weights: {path}" in out and "untrained" not in out
 
 
 @pytest.mark.slow
@@ -116,11 +119,15 @@ def test_export_command_offers_every_quantize_mode():
 
 
 @pytest.mark.slow
-def test_export_command_prints_the_report(tmp_path):
+def test_export_command_prints_the_report(tmp_path, capsys):
+    """In this process (test_bad_requests_exit_with_a_message runs the
+    command's own process)."""
+    from keras_nextvit import cli
+
     path = tmp_path / "m.tflite"
-    result = run("export", str(path), "--format", "tflite", "--size", "64")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert path.exists() and "max abs error" in result.stdout and "cosine 1.0000" in result.stdout
+    assert cli.main(["export", str(path), "--format", "tflite", "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert path.exists() and "max abs error" in out and "cosine 1.0000" in out
 
 
 def test_tensorflow_model_optimization_refuses_keras3_models():

@@ -239,14 +239,24 @@ def test_preset_not_cached_without_download(tmp_path):
 
 @pytest.mark.parametrize("naming", ["timm", "official"])
 @pytest.mark.slow
-def test_convert_tool(reference, tmp_path, naming, x):
+def test_convert_tool(reference, tmp_path, naming, x, capsys):
+    """tools/convert_weights.py as a user runs it (timm's names), and the
+    ``keras-nextvit convert`` it hands over to, in this process (the
+    upstream names: the same code without a second TensorFlow start-up)."""
     src = tmp_path / "ckpt.safetensors"
     save_safetensors(synthetic_checkpoint("small", naming), src)
     out = tmp_path / "nextvit_small.weights.h5"
-    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "convert_weights.py")
-    result = subprocess.run([sys.executable, tool, str(src), str(out)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "nextvit_small" in result.stdout
+    if naming == "timm":
+        tool = os.path.join(os.path.dirname(__file__), "..", "tools", "convert_weights.py")
+        result = subprocess.run([sys.executable, tool, str(src), str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        stdout = result.stdout
+    else:
+        from keras_nextvit import cli
+
+        assert cli.main(["convert", str(src), str(out)]) == 0
+        stdout = capsys.readouterr().out
+    assert "nextvit_small" in stdout
     model = small(weights=str(out))
     np.testing.assert_array_equal(infer(model, x), infer(reference, x))
 
