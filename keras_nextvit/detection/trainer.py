@@ -159,9 +159,10 @@ class DetectionTask(trainer.TrainingTask):
         self.epochs = recipe.epochs if epochs is None else int(epochs)
         self.max_steps_per_epoch = max_steps_per_epoch
         if recipe.multiscale and scale is not None:
+            shorts = sorted(min(s) for s in recipe.multiscale_scales)
             raise ValueError(
                 f"scale={tuple(scale)} sets the single scale of a recipe without multi-scale training; this "
-                "recipe draws each image's scale from the 3x configs' (short side 480 to 800, or a crop)."
+                f"recipe draws each image's scale (short side {shorts[0]} to {shorts[-1]}, or a crop)."
             )
         self.scale = tuple(recipe.img_scale if scale is None else scale)
 
