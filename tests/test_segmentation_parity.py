@@ -14,7 +14,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import DATA, assert_close, infer, nhwc
+from conftest import DATA, assert_close, infer, nhwc, zero_initialised
 
 import keras_nextvit
 from keras_nextvit import synthetic, weights
@@ -43,9 +43,11 @@ def seg_golden(case):
 @functools.lru_cache(maxsize=None)
 def probe(variant, head):
     """A segmenter with its auxiliary head, and a model with every output
-    the golden data holds."""
+    the golden data holds. Its weights start at zero: every test that uses
+    it reads their names or loads all of them."""
     auxiliary = head == "upernet"
-    model = NextViTSegmenter(variant, head, auxiliary_head=auxiliary)
+    with zero_initialised():
+        model = NextViTSegmenter(variant, head, auxiliary_head=auxiliary)
     features = segmenter_features(model).outputs
     decode = model.get_layer("decode_head").output
     return model, keras.Model(model.inputs, [*features, decode, *model.outputs])
@@ -73,7 +75,8 @@ def test_state_dict_spec_matches_reference(variant, head):
     segmenter never uses. And the parameter counts."""
     from keras_nextvit.flops import trainable_parameters
 
-    model = NextViTSegmenter(variant, head, auxiliary_head=head == "upernet")
+    with zero_initialised():  # only names, shapes and counts are read
+        model = NextViTSegmenter(variant, head, auxiliary_head=head == "upernet")
     total = trainable_parameters(model)
     if head == "upernet":
         assert total == WITH_AUXILIARY[variant]
