@@ -23,6 +23,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import helper  # noqa: E402
 
+import keras  # noqa: E402
 import keras_nextvit  # noqa: E402
 from keras_nextvit import synthetic  # noqa: E402
 from keras_nextvit.detection import paste_masks  # noqa: E402
@@ -96,7 +97,11 @@ def test_exports_of_a_tiny_detector_agree_with_keras(tmp_path):
     every class about 1/6, so at score_thr 0 its detections are near-ties
     that float32 rounding of another runtime's convolutions can reorder
     (OpenVINO: rarely one of 200): the bars below allow 2% unmatched; the
-    post-processing itself is exact on the golden inputs (above)."""
+    post-processing itself is exact on the golden inputs (above). Seeded:
+    the proposals must match in number, and unseeded weights (whatever the
+    worker's earlier tests drew) once put two RPN boxes' IoU within the
+    runtimes' rounding of NMS's 0.7, and the counts differed."""
+    keras.utils.set_random_seed(0)
     model = keras_nextvit.NextViTMaskRCNN(TINY, num_classes=5, test_cfg={"rcnn": {"score_thr": 0.0}})
     path = tmp_path / "detector.onnx"
     reports = [keras_nextvit.export(model, path, format="onnx", input_size=(64, 96))]
