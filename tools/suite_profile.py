@@ -126,6 +126,27 @@ TensorFlow 2.21):
   Exports of one model now share its merged form and the converter's
   SavedModels (``keras_nextvit/exporters/cache.py``): tutorial 03's seven
   exports 150 -> 135 s.
+- The JAX processes, measured alone on a 2-core Xeon of model 167 (each
+  with a cold compilation cache). The parity run spent 46% of its CPU in
+  XLA's execution threads (``perf``: 32% in code XLA compiled at
+  optimisation level 0, the rest YNNPACK's products) and a third of its
+  Python time compiling Keras' initialisers, one program per weight shape,
+  for models that only give their weights' names or load every weight next.
+  Those now start at zero (``conftest.zero_initialised``): 88.7 -> 65.1 s,
+  user CPU 115 -> 73 s. Other XLA settings measured on that run: level 1
+  101 s, the default level without fusion emitters 115 s, level 0 with
+  them 108 s, level 0 without them and with single-threaded execution
+  87-89 s. The data-parallel test now compiles without fusion emitters
+  too: 69 -> 46 s (its losses stay within 1e-7 and 4e-6 of one device's).
+- Keras' PyTorch backend runs ``ops.scatter`` as a Python loop over the
+  rows; the detector's batched NMS places its boxes with
+  ``ops.scatter_update`` (same values): the PyTorch parity run 39.2 ->
+  34.8 s.
+- Measured and left: without grappler the tiny Next-ViT's first training
+  step takes 4.2 s instead of 5.9 (its passes take 20-220 ms each, none
+  dominant); without TensorFlow's per-operation Python stack capture the
+  same step took 5.5-5.8 s either way. A whole run under ``-n 2`` keeps the
+  two cores 95% busy (user + system CPU 2,341 s of 2,456 core-seconds).
 """
 
 import argparse
