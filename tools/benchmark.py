@@ -8,6 +8,7 @@
     python tools/benchmark.py --task segmentation --head fpn --size 512      # the segmenters,
     python tools/benchmark.py --task segmentation --head upernet --size 512  # batch 1
     python tools/benchmark.py --task detection --rounds 2   # Mask R-CNN, detect on 800x1216
+    python tools/benchmark.py --json run.json && python tools/plot_benchmark.py run.json -o latency.png
 
 Every row runs in a process of its own (fresh threads, caches, allocator),
 warms up, then reports the median (and min) of repeated runs:
@@ -64,6 +65,11 @@ normalised image; and the detector exported (``keras_nextvit.export``, one
 ONNX graph, BatchNorm merged) in ONNX Runtime and OpenVINO (float32), the
 same pipeline around it. Bars (issue #23): the best Keras backend <= 1.0 x
 and the best export <= 0.8 x the reference's eager time.
+
+``--json FILE`` also writes the table as data (:func:`record`): the CPU,
+the packages' versions, the settings, and per batch size each row's median
+and min, ms per image, size and ratio to the reference row (PyTorch
+eagerly); ``tools/plot_benchmark.py`` draws it.
 
 Artifacts are named by task, head, variant and size
 (``seg_{head}_nextvit_{variant}_{size}_b{batch}_*``). Bar: our best float
@@ -392,6 +398,8 @@ def run_detection(args):
             backend = params[0] if worker == "detect-keras" else "tensorflow"
             runs[row].append(run_worker(args, 1, worker, *params, backend=backend))
     rows = {row: _combine(results) for row, results in runs.items()}
+    if args.json:
+        write_record(args, [(1, rows)])
     eager = _ms(rows, "torch eager (reference)")
     print(f"\nNext-ViT-{args.variant[0].upper()} + Mask R-CNN, detect end to end on a "
           f"{args.size}x{args.width} image, score_thr {args.score_thr}, batch 1; {_cpu_model()}, "
@@ -640,6 +648,8 @@ def main(argv=None):
             rows[row]["size_mb"] = _artifact_mb(path)
         table.append((batch, rows))
 
+    if args.json:
+        write_record(args, table)
     segmentation = args.task == "segmentation"
     model = f"Next-ViT-{args.variant[0].upper()}"
     if segmentation:
@@ -723,6 +733,59 @@ def _combine(results):
     if "detections" in ok[0]:
         combined["detections"] = ok[0]["detections"]
     return combined
+
+
+REFERENCE_ROW = "torch eager (reference)"
+VERSIONED = ("keras-nextvit", "keras", "tensorflow", "jax", "torch", "onnxruntime", "openvino", "nncf",
+             "ai-edge-litert", "tf2onnx")
+
+
+def _model_title(args):
+    title = f"Next-ViT-{args.variant[0].upper()}"
+    if args.task == "segmentation":
+        title += {"fpn": " + Semantic FPN", "upernet": " + UperNet"}[args.head]
+    elif args.task == "detection":
+        title += " + Mask R-CNN"
+    return title
+
+
+def record(args, table):
+    """The benchmark as data: ``table`` is ``[(batch, {row: result})]`` as
+    the run printed it; every row gets its ms per image and its ratio to the
+    reference row (PyTorch eagerly) of its batch, where both ran."""
+    from importlib import metadata
+
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    size = [args.size, args.width] if args.task == "detection" else [args.size, args.size]
+    batches = []
+    for batch, rows in table:
+        reference = _ms(rows, REFERENCE_ROW)
+        out = []
+        for name, result in rows.items():
+            row = {"name": name, **result}
+            if "median_ms" in result:
+                row["ms_per_image"] = result["median_ms"] / batch
+                row["ratio_to_reference"] = result["median_ms"] / reference if reference else None
+            out.append(row)
+        batches.append({"batch": batch, "rows": out})
+    return {
+        "task": args.task, "model": _model_title(args), "variant": args.variant,
+        "head": args.head if args.task == "segmentation" else None, "image_size": size,
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+        "versions": versions, "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
+        "reference": REFERENCE_ROW, "batches": batches,
+    }
+
+
+def write_record(args, table):
+    with open(args.json, "w") as f:
+        json.dump(record(args, table), f, indent=1)
+    print(f"wrote {args.json}", file=sys.stderr)
 
 
 def _ms(rows, name):
@@ -812,6 +875,8 @@ def parse(argv):
     parser.add_argument("--artifacts", default=os.path.join(ROOT, "out", "benchmark"),
                         help="where exported models are built and kept")
     parser.add_argument("--rebuild", action="store_true", help="re-export the artifacts")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write the table as data (tools/plot_benchmark.py draws it)")
     args = parser.parse_args(argv)
     segmentation = args.task == "segmentation"
     if args.size is None:
