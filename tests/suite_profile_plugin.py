@@ -7,7 +7,9 @@ pytest-xdist), the wall time of setup + call + teardown, the process's
 resident memory before and after, its peak so far (``VmHWM``), and the peak
 of the subprocesses it waited for (notebook kernels, backend scripts).
 Each worker appends to the same file; lines are short enough to be written
-whole.
+whole. A pytest that one of the run's tests starts with the same FILE (the
+backend parity runs inherit ``PYTEST_ADDOPTS``) records nothing: its time is
+that test's.
 """
 
 import json
@@ -78,10 +80,24 @@ def pytest_addoption(parser):
     )
 
 
+# The file the run being profiled records to, for the processes it starts.
+RECORDING = "SUITE_PROFILE_FILE"
+
+
 def pytest_configure(config):
     path = config.getoption("--suite-profile")
-    if path:
-        # xdist's worker id from the config, not the environment, which a
-        # pytest run in a subprocess of a worker inherits
-        worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        config.pluginmanager.register(SuiteProfile(os.path.abspath(path), worker), "suite-profile")
+    if not path:
+        return
+    path = os.path.abspath(path)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        if os.environ.get(RECORDING) == path:
+            # a pytest that a test of the profiled run started (PYTEST_ADDOPTS
+            # passes the option on: the backend parity runs): its tests'
+            # time is that test's, already recorded once
+            return
+        os.environ[RECORDING] = path  # the xdist workers and subprocesses inherit it
+    # xdist's worker id from the config, not the environment, which a pytest
+    # run in a subprocess of a worker inherits
+    worker = (workerinput or {}).get("workerid", "main")
+    config.pluginmanager.register(SuiteProfile(path, worker), "suite-profile")

@@ -115,3 +115,10 @@ def test_profile_plugin_records_each_test_and_the_tool_reads_it(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "3 tests" in shown.stdout and "1 failed, 1 skipped" in shown.stdout
     assert "failed: " in shown.stdout and "test_fails" in shown.stdout
+    # a pytest started by a test of a run that records to the same file adds nothing
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "suite_profile_plugin", "-p", "no:cacheprovider",
+         "--suite-profile", str(profile), str(tmp_path / "test_sample.py")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=dict(env, SUITE_PROFILE_FILE=str(profile)),
+    )
+    assert len(profile.read_text().splitlines()) == len(records)
