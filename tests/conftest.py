@@ -37,10 +37,9 @@ from suite_profile_plugin import pytest_addoption  # noqa: F401
 # on JAX, Keras builds a model by compiling each variable initializer for each
 # shape, runs it eagerly op by op (each op compiled for each shape), and
 # compiles a training step that then runs a few times. Without LLVM's
-# optimisation, a training step of the tiny Next-ViT: 37 s -> 29 s.
-JAX_QUICK_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
-# And without XLA's fusion emitters: a random initializer compiles in 0.05 s
-# instead of 0.34 s (0.12 s with the flag above alone); Next-ViT-S builds in
+# optimisation, a training step of the tiny Next-ViT: 37 s -> 29 s. And
+# without XLA's fusion emitters: a random initializer compiles in 0.05 s
+# instead of 0.34 s (0.12 s without LLVM's optimisation alone); Next-ViT-S builds in
 # 4.6 s instead of 13.6 and its first eager call takes 5.1 s instead of 10.0
 # (a second call 0.6 s instead of 0.4); the JAX parity run took 125 s instead
 # of 169, the dense-as-matrix test 19 s instead of 36 (one core of a 2-core

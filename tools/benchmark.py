@@ -401,7 +401,7 @@ def run_detection(args):
     if args.json:
         write_record(args, [(1, rows)])
     eager = _ms(rows, "torch eager (reference)")
-    print(f"\nNext-ViT-{args.variant[0].upper()} + Mask R-CNN, detect end to end on a "
+    print(f"\n{_model_title(args)}, detect end to end on a "
           f"{args.size}x{args.width} image, score_thr {args.score_thr}, batch 1; {_cpu_model()}, "
           f"{os.cpu_count()} CPUs; median and min of {args.repeats} runs after {args.warmup} warm-up "
           f"runs, one process each" + (f"; median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
@@ -651,9 +651,7 @@ def main(argv=None):
     if args.json:
         write_record(args, table)
     segmentation = args.task == "segmentation"
-    model = f"Next-ViT-{args.variant[0].upper()}"
-    if segmentation:
-        model += {"fpn": " + Semantic FPN", "upernet": " + UperNet"}[args.head] + " segmenter"
+    model = _model_title(args) + (" segmenter" if segmentation else "")
     print(f"\n{model} {args.size}x{args.size}, {_cpu_model()}, {os.cpu_count()} CPUs; "
           f"median and min of {args.repeats} runs after {args.warmup} warm-up runs, one process each"
           + (f"; median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
