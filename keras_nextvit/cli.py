@@ -2,6 +2,8 @@
 
     keras-nextvit info                 # variants, parameters, MACs vs the paper
     keras-nextvit demo                 # build, classify the shipped photo, save, reload
+    keras-nextvit classify PHOTOS... --weights nextvit_small.bd_in1k [--artifact model.tflite]
+    keras-nextvit validate VAL_DIR --weights nextvit_small.bd_in1k [--artifact F ... --compare]
     keras-nextvit convert SRC OUT      # PyTorch checkpoint -> .weights.h5 / .keras
     keras-nextvit export OUT --format tflite --quantize int8 --representative-data DIR
     keras-nextvit segment IMAGE --weights CKPT --head fpn -o overlay.png
@@ -275,6 +277,157 @@ def _detect(args):
     return 0
 
 
+def _transform(args):
+    from .classify import Transform
+    from .weights import is_preset
+
+    preset = args.weights if is_preset(args.weights) else None
+    return Transform.of(preset, size=args.size, crop_pct=args.crop_pct, interpolation=args.interpolation,
+                        mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None)
+
+
+def _keras_model(args, batch_size):
+    from . import classify
+
+    model = classify.keras_classifier(args.weights, args.variant, args.num_classes, batch_size=batch_size,
+                                      mixed_precision=getattr(args, "mixed_precision", False))
+    source = args.weights or "none: randomly initialised (pass --weights PRESET or a checkpoint path)"
+    print(f"Keras model ({args.variant}, backend {_backend()}); weights: {source}")
+    if args.weights is None:
+        print("  (untrained weights: its classes are arbitrary)")
+    return model
+
+
+def _backend():
+    import keras
+
+    return keras.backend.backend()
+
+
+def _class_names(args, count):
+    from .preprocessing import imagenet_classes
+
+    if args.class_names:
+        names = [line.strip() for line in open(args.class_names, encoding="utf-8") if line.strip()]
+        if len(names) != count:
+            raise ValueError(f"{args.class_names} names {len(names)} classes; the model gives {count}.")
+        return names
+    if count == 1000:
+        return imagenet_classes()
+    return [f"class {i}" for i in range(count)]
+
+
+def _classify(args):
+    import json
+
+    from . import classify
+
+    if args.json and args.csv:
+        raise ValueError("--json and --csv each write the results; give one.")
+    files = classify.image_files(args.images)
+    transform = _transform(args)
+    if args.artifact:
+        model = classify.artifact_classifier(args.artifact)
+        print(f"{model.kind} artifact {args.artifact}")
+        transform = classify.check_sizes({"artifact": model}, transform)
+    else:
+        model = _keras_model(args, args.batch_size)
+    count = model.num_classes if hasattr(model, "num_classes") else None
+    if count is None:  # an artifact: one image tells its width
+        count = int(model(transform.batch(files[:1])).shape[-1])
+    rows = classify.classify(files, model, transform, _class_names(args, count), top=args.top,
+                             batch_size=args.batch_size, progress=len(files) > 1 and not args.no_progress)
+    for row in rows:
+        print(row["file"])
+        for index, name, prob in row["top"]:
+            print(f"  {prob:7.2%}  {index:4d}  {name}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump([{"file": r["file"], "top": [{"index": i, "name": n, "probability": p}
+                                                   for i, n, p in r["top"]]} for r in rows], handle, indent=1)
+        print(f"wrote {args.json}")
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "rank", "index", "name", "probability"])
+            for r in rows:
+                for rank, (i, n, p) in enumerate(r["top"], 1):
+                    writer.writerow([r["file"], rank, i, n, f"{p:.6f}"])
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def _validate(args):
+    import json
+    import time
+
+    from . import classify
+
+    if args.compare and not args.artifact:
+        raise ValueError("--compare runs the Keras model beside the --artifact files: give at least one.")
+    classifiers = {}
+    for path in args.artifact or ():
+        runner = classify.artifact_classifier(path)
+        classifiers[os.path.basename(path) if os.path.basename(path) not in classifiers else path] = runner
+    transform = classify.check_sizes(classifiers, _transform(args))
+    if args.compare or not args.artifact:
+        classifiers = {"keras": _keras_model(args, args.batch_size), **classifiers}
+    for name, runner in classifiers.items():
+        if name != "keras":
+            print(f"{runner.kind} artifact {runner.path}")
+    files, labels, class_names = classify.labelled_folder(args.folder, args.num_classes, args.limit)
+    print(f"validating on {len(files)} images of {len(set(labels.tolist()))} classes in {args.folder} "
+          f"({transform.size}x{transform.size}, crop {transform.crop_pct}, {transform.interpolation})")
+    start = time.perf_counter()
+    rows = classify.validate(files, labels, classifiers, transform, batch_size=args.batch_size,
+                             progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    print(classify.format_table(rows))
+    print(f"{len(files)} images in {seconds:.1f} s ({len(files) / seconds:.1f} images/s, "
+          f"{len(classifiers)} model{'s' if len(classifiers) > 1 else ''})")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"folder": str(args.folder), "transform": dataclasses_dict(transform),
+                       "rows": [r.to_dict() for r in rows]}, handle, indent=1)
+        print(f"wrote {args.json}")
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0].to_dict()))
+            writer.writeheader()
+            writer.writerows(r.to_dict() for r in rows)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def dataclasses_dict(value):
+    import dataclasses
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(value).items()}
+
+
+def _model_options(parser, what):
+    parser.add_argument("--weights", help="preset name or checkpoint path (.pth/.safetensors/.weights.h5); "
+                        f"without it {what} the randomly initialised model")
+    parser.add_argument("--variant", default="small",
+                        help="small, base, large or four stage depths like 1,1,5,1 (default small; a preset "
+                        "sets its own)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier width of the checkpoint")
+    parser.add_argument("--class-names", help="text file with one class name per line (default: ImageNet's)")
+    parser.add_argument("--size", type=int, help="input size (default: the preset's, or 224)")
+    parser.add_argument("--crop-pct", type=float, help="crop over resize size (default: the preset's, or 0.95)")
+    parser.add_argument("--interpolation", choices=["bicubic", "bilinear"], help="resize (default: the preset's)")
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation mean in [0, 1] (default: ImageNet's)")
+    parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="normalisation std in [0, 1] (default: ImageNet's)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _hub_preset(args):
     try:
         from . import hub
@@ -332,6 +485,28 @@ def build_parser():
     det.add_argument("--json", help="write the detections (box, score, label, mask area) to this file")
     det.set_defaults(run=_detect)
 
+    cls = commands.add_parser("classify", help="classify images or folders (the model or an exported file)")
+    cls.add_argument("images", nargs="+", help="image files or folders of images")
+    _model_options(cls, "classifies with")
+    cls.add_argument("--top", type=int, default=5, help="classes to show per image")
+    cls.add_argument("--artifact", help="run an exported .tflite/.onnx/.xml (OpenVINO) file instead of the model")
+    cls.add_argument("--json", help="write the results to this JSON file")
+    cls.add_argument("--csv", help="write the results to this CSV file")
+    cls.set_defaults(run=_classify)
+
+    val = commands.add_parser("validate", help="top-1/top-5 over an ImageNet-layout folder (<class>/<image>)")
+    val.add_argument("folder", help="a folder of class folders, e.g. ImageNet's val/n01440764/*.JPEG")
+    _model_options(val, "validates")
+    val.add_argument("--limit", type=int, help="validate on this many images (a fixed sample)")
+    val.add_argument("--artifact", action="append", help="an exported .tflite/.onnx/.xml file to validate "
+                     "instead of the model (repeatable)")
+    val.add_argument("--compare", action="store_true",
+                     help="run the Keras model and every --artifact over the same images: one table")
+    val.add_argument("--mixed-precision", action="store_true", help="the Keras model in mixed bfloat16")
+    val.add_argument("--json", help="write the table to this JSON file")
+    val.add_argument("--csv", help="write the table to this CSV file")
+    val.set_defaults(run=_validate)
+
     demo = commands.add_parser("demo", help="build a model, classify a photo, save and reload it")
     demo.add_argument("--variant", choices=["small", "base", "large"], default="small")
     demo.add_argument("--weights", help="preset name or checkpoint path (.pth/.safetensors/.weights.h5)")
@@ -388,7 +563,7 @@ def main(argv=None):
     import_tensorflow_quietly()
     try:
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
+    except (ValueError, OSError, ImportError, RuntimeError) as error:
         print(f"keras-nextvit {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -128,10 +128,17 @@ def runtime_threads(requested=None):
 
 def run_in_batches(run, images, batch):
     """``run`` on ``images`` in chunks of ``batch`` rows (``None``: at once),
-    for artifacts exported with a fixed batch size."""
+    for artifacts exported with a fixed batch size; a last, shorter chunk
+    is padded with copies of its last image and its outputs cut back."""
     if not batch or len(images) == batch:
         return run(images)
-    parts = [run(images[i : i + batch]) for i in range(0, len(images), batch)]
+    parts = []
+    for i in range(0, len(images), batch):
+        chunk = images[i : i + batch]
+        short = batch - len(chunk)
+        if short:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
+        parts.append([out[: batch - short] for out in run(chunk)])
     return [np.concatenate(p, axis=0) for p in zip(*parts)]
 
 
