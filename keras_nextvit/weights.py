@@ -15,6 +15,8 @@ Layout changes happen here and nowhere else: conv ``[out, in/groups, kh, kw]``
 
 import difflib
 import os
+import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -661,9 +663,27 @@ def load_weights(model, weights, cache=None):
             get_preset(path)  # not a file name: raises the unknown-preset error
         raise FileNotFoundError(f"Weights file not found: {path}")
     if path.endswith(".weights.h5"):
-        model.load_weights(path)
+        try:
+            with warnings.catch_warnings():  # Keras warns of each part it skips, then raises
+                warnings.simplefilter("ignore", UserWarning)
+                model.load_weights(path)
+        except ValueError as error:
+            raise CheckpointError(_keras_mismatch(path, model, error)) from None
         return model
     return load_torch_weights(model, path)
+
+
+def _keras_mismatch(path, model, error):
+    """Keras' error for a ``.weights.h5`` that does not fit ``model``, said
+    in one line: the first variable whose shape differs, and both shapes."""
+    text = str(error)
+    found = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))"
+                      r".*?Variable path=([^,\s]+)", text, re.S)
+    if found:
+        wanted, got, variable = found.groups()
+        return (f"{path} does not fit {model.name!r}: it holds {variable} with shape {got}, the model's is "
+                f"{wanted} (a checkpoint of another variant or number of classes?).")
+    return f"{path} does not fit {model.name!r}: {text.splitlines()[0] if text else type(error).__name__}"
 
 
 # --------------------------------------------------------------------------

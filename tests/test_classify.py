@@ -167,7 +167,11 @@ def test_classify_command_on_photos_writes_what_it_prints(tmp_path, capsys):
     (["classify", "{tmp}/notes.txt"], "notes.txt is not an image that can be read"),
     (["classify", "{tmp}/photos", "--artifact", "{tmp}/model.pb"], "unknown artifact type '.pb'"),
     (["classify", "{tmp}/photos", "--artifact", "{tmp}/absent.onnx"], "absent.onnx: no such file"),
-    (["classify", "{tmp}/photos", "--weights", "{tmp}/notes.txt"], "notes.txt"),
+    (["classify", "{tmp}/photos", "--weights", "{tmp}/notes.txt"], "notes.txt: unknown checkpoint format"),
+    (["classify", "{tmp}/photos", "--weights", "{tmp}/ten.weights.h5"],
+     "ten.weights.h5 does not fit 'nextvit': it holds head_fc/kernel with shape (1024, 10), the model's is "
+     "(1024, 1000)"),
+    (["validate", "{tmp}/val", "--weights", "{tmp}/ten.weights.h5"], "holds head_fc/kernel with shape (1024, 10)"),
     (["classify", "{tmp}/photos", "--weights", "nextvit_tiny.bd_in1k"], "neither a file nor a preset"),
     (["classify", "{tmp}/photos", "--variant", "huge"], "variant must be small, base, large or four"),
     (["validate", "{tmp}/missing"], "missing: no such folder"),
@@ -182,6 +186,10 @@ def test_mistakes_end_in_one_line_and_status_2(tmp_path, capsys, args, message):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "model.pb").write_text("")
     imagenet_layout(tmp_path / "val", ["a", "b"], per_class=1)
+    if "{tmp}/ten.weights.h5" in args:  # a checkpoint of 10 classes for a 1000-class (or 2-class) model
+        import keras_nextvit
+
+        keras_nextvit.NextViT(depths=(1, 1, 5, 1), classes=10).save_weights(tmp_path / "ten.weights.h5")
     argv = [a.format(tmp=tmp_path) for a in args]
     if "--variant" not in argv:
         argv += TINY
