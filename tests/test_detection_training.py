@@ -94,6 +94,33 @@ def test_a_batch_without_instances_is_all_background(tmp_path):
     assert all(np.isfinite(g.numpy()).all() for g in grads if g is not None)
 
 
+@pytest.mark.slow
+def test_the_box_head_trains_on_the_recipes_number_of_rois(tmp_path, monkeypatch):
+    """``rcnn_sample_num`` (mmdet's ``train_cfg.rcnn.sampler.num``, 512
+    upstream) bounds the RoIs each image gives the box head; the recipe
+    carries it to the trainer."""
+    assert training.RECIPES["1x"].rcnn_sample_num == 512 == training.assigner.RCNN_SAMPLER["num"]
+    batch = pipeline.collate([pipeline.training_example(r, scale=(112, 64)) for r in shapes_dataset(tmp_path)])
+    detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3)
+    counts = []
+    pooled = training.multilevel_roi_align
+
+    def counting(features, rois, size, *args, **kwargs):
+        counts.append((int(size), int(np.shape(rois)[0])))
+        return pooled(features, rois, size, *args, **kwargs)
+
+    monkeypatch.setattr(training, "multilevel_roi_align", counting)
+    sampled = {}
+    for num in (None, 16):
+        counts.clear()
+        training.detector_losses(detector, batch, keras.random.SeedGenerator(0), rcnn_sample_num=num)
+        sampled[num] = [n for size, n in counts if size == 7]  # the box head's 7x7 RoIAlign
+    assert sampled[16] == [2 * 16]  # two images
+    assert len(sampled[None]) == 1 and sampled[None][0] > 2 * 16
+    with pytest.raises(ValueError, match="rcnn_sample_num must be at least 1"):
+        training.detector_losses(detector, batch, rcnn_sample_num=0)
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a GradientTape step")
 def test_roi_align_gradient_without_the_crops_equals_autodiff(monkeypatch):
     """RoIAlign's hand-written gradient (the transpose of its pooling, chunk

@@ -30,7 +30,7 @@ from keras_nextvit.trainer import command  # noqa: E402  (TensorFlow loads only 
 # the options detection.trainer.train takes under their own names
 OPTIONS = (
     "num_classes", "weights", "backbone_weights", "recipe", "split", "epochs", "batch_size", "learning_rate",
-    "max_steps_per_epoch",
+    "max_steps_per_epoch", "rcnn_sample_num",
 )
 
 
@@ -47,6 +47,8 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, help="peak learning rate, used as given (recipe: 1e-4)")
     parser.add_argument("--scale", help="LONG,SHORT: the size images are fitted into (1x recipe: 1333,800)")
     parser.add_argument("--max-steps-per-epoch", type=int)
+    parser.add_argument("--rcnn-sample-num", type=int,
+                        help="RoIs per image the box head trains on (recipe: 512; fewer for small images)")
     parser.add_argument("--val-split", default="val2017",
                         help="with --val COCO_ROOT: annotations/instances_{split}.json + {split}/, "
                              "scored (box and mask mAP) after every epoch")

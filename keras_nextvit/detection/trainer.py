@@ -35,10 +35,11 @@ class DetectorTrainer(keras.Model):
     """``fit``'s model: the detector and the samplers' seed generator; its
     training step reads ``(epoch, index)`` and trains on that batch."""
 
-    def __init__(self, detector, batch_of, seed=0, **kwargs):
+    def __init__(self, detector, batch_of, seed=0, rcnn_sample_num=None, **kwargs):
         super().__init__(name=f"{detector.name}_trainer", **kwargs)
         self.detector = detector
         self.batch_of = batch_of
+        self.rcnn_sample_num = rcnn_sample_num
         self.sampler_seed = keras.random.SeedGenerator(seed, name="samplers")
         # each loss's mean over the epoch so far, as Keras logs a compiled loss
         self.trackers = [keras.metrics.Mean(name=name) for name in LOSSES]
@@ -69,7 +70,8 @@ class DetectorTrainer(keras.Model):
         epoch, index = (int(v) for v in np.asarray(data).reshape(-1)[:2])
         batch = self.batch_of(epoch, index)
         with tf.GradientTape() as tape:
-            losses = training.detector_losses(self.detector, batch, self.sampler_seed, training=True)
+            losses = training.detector_losses(self.detector, batch, self.sampler_seed, training=True,
+                                              rcnn_sample_num=self.rcnn_sample_num)
         variables = self.trainable_variables
         self._update(self.optimizer, variables)(tape.gradient(losses["loss"], variables))
         for tracker in self.trackers:
@@ -230,7 +232,7 @@ class DetectionTask(trainer.TrainingTask):
         if self.weights is not None and not keras_file:
             start_from_checkpoint(detector, self.weights, self.variant)
         training.freeze_for_training(detector, self.recipe.frozen_stages, self.recipe.norm_eval)
-        return DetectorTrainer(detector, self.batch_of, seed=self.seed)
+        return DetectorTrainer(detector, self.batch_of, seed=self.seed, rcnn_sample_num=self.recipe.rcnn_sample_num)
 
     def compile(self, model):
         model.compile(optimizer=training.build_optimizer(self.recipe, model, self.steps_per_epoch),
@@ -270,7 +272,8 @@ class DetectionTask(trainer.TrainingTask):
 def train(train_dir, output_dir="runs/detection", variant="small", num_classes=None, weights=None,
           backbone_weights=None, recipe="1x", split="train2017", epochs=None, batch_size=None,
           learning_rate=None, scale=None, max_steps_per_epoch=None, seed=0, resume=True,
-          tensorboard=True, verbose="auto", callbacks=(), val_dir=None, val_split="val2017", val_limit=None):
+          tensorboard=True, verbose="auto", callbacks=(), val_dir=None, val_split="val2017", val_limit=None,
+          rcnn_sample_num=None):
     """Train or fine-tune a Next-ViT Mask R-CNN on a COCO-layout folder.
 
     Args:
@@ -298,6 +301,8 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
             mask mAP (and at IoU 0.5) in the logs and ``metrics``, the
             images detected at the training ``scale`` (mmdet's test pipeline
             at (1333, 800) by default). ``val_limit``: its first images only.
+        rcnn_sample_num: override the recipe's RoIs per image for the box
+            head (upstream 512; fewer make small images' steps cheaper).
 
     Returns:
         :class:`keras_nextvit.trainer.TrainingResult` (``model``: the detector).
@@ -305,6 +310,8 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
     recipe = training.get_recipe(recipe)
     if batch_size is not None:
         recipe = recipe.replace(batch_size=int(batch_size))
+    if rcnn_sample_num is not None:
+        recipe = recipe.replace(rcnn_sample_num=int(rcnn_sample_num))
     if learning_rate is not None:
         recipe = recipe.replace(optimizer=dataclasses.replace(recipe.optimizer, learning_rate=float(learning_rate)))
     if not os.path.isdir(train_dir):

@@ -74,6 +74,9 @@ class DetectionRecipe:
     multiscale_scales: tuple = pipeline.MULTISCALE_SCALES
     crop_resize_scales: tuple = pipeline.CROP_RESIZE_SCALES
     crop_size_range: tuple = pipeline.CROP_SIZE_RANGE
+    # RoIs per image the box head trains on (``train_cfg.rcnn.sampler.num``;
+    # a quarter positive at most): fewer make a step cheaper on small images
+    rcnn_sample_num: int = assigner.RCNN_SAMPLER["num"]
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -161,13 +164,20 @@ def dense_outputs(detector, images, training=False):
     return call_layer(detector, images, graph=True, training=training)
 
 
-def detector_losses(detector, batch, seed=None, training=False):
+def detector_losses(detector, batch, seed=None, training=False, rcnn_sample_num=None):
     """A dict of mmdet's five losses (``loss_rpn_cls``, ``loss_rpn_bbox``,
     ``loss_cls``, ``loss_bbox``, ``loss_mask``) and their sum (``loss``) for
     a batch from :func:`.pipeline.collate`; differentiable with respect to
     the detector's weights. ``training``: the backbone's and heads' training
-    mode (BatchNorm statistics, drop path)."""
+    mode (BatchNorm statistics, drop path). ``rcnn_sample_num``: RoIs the
+    box head trains on per image (mmdet's ``train_cfg.rcnn.sampler.num``,
+    upstream's 512 by default)."""
     seed = assigner.seed_generator(seed)
+    sampler = dict(assigner.RCNN_SAMPLER)
+    if rcnn_sample_num is not None:
+        if int(rcnn_sample_num) < 1:
+            raise ValueError(f"rcnn_sample_num must be at least 1, got {rcnn_sample_num}.")
+        sampler["num"] = int(rcnn_sample_num)
     dense = dense_outputs(detector, ops.convert_to_tensor(batch["images"], "float32"), training)
     pyramid, cls_maps, reg_maps = dense["fpn"], dense["rpn_cls"], dense["rpn_reg"]
     level_shapes = [tuple(int(d) for d in m.shape[1:3]) for m in cls_maps]
@@ -187,7 +197,7 @@ def detector_losses(detector, batch, seed=None, training=False):
         rois, labels, pos, neg, roi_deltas, gt_inds = (
             ops.convert_to_numpy(t) for t in targets.roi_targets(
                 proposals, np.ones(len(proposals), bool), batch["gt_boxes"][b], batch["gt_labels"][b],
-                batch["gt_valid"][b], seed)
+                batch["gt_valid"][b], seed, sample_cfg=sampler)
         )
         keep = pos | neg
         sampled_rois.append(rois[keep])
