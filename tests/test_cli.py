@@ -29,7 +29,8 @@ print("LOADED", sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m i
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["export", "--help"], ["hub-preset", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["export", "--help"], ["hub-preset", "--help"], ["classify", "--help"],
+                                  ["validate", "--help"]])
 def test_help_needs_no_backend(args):
     """``keras-nextvit --help`` answers at once: importing the package and the
     command line loads neither Keras nor any backend."""
