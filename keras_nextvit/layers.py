@@ -1,8 +1,9 @@
 """The building blocks of Next-ViT as Keras 3 layers.
 
-Every layer works on channels-last tensors, uses ``keras.ops`` only (so the
-TensorFlow, JAX and PyTorch backends all run it) and serialises through
-``get_config``. Sub-layers carry the attribute names of the reference PyTorch
+Every layer works on channels-last tensors, whatever
+``keras.config.image_data_format()`` says (each convolution and pooling names
+its ``data_format``), uses ``keras.ops`` only (so the TensorFlow, JAX and
+PyTorch backends all run it) and serialises through ``get_config``. Sub-layers carry the attribute names of the reference PyTorch
 modules (``patch_embed``, ``mhca.group_conv3x3``, ``e_mhsa.q`` ...), which is
 what lets :mod:`keras_nextvit.weights` map a checkpoint onto them by name.
 
@@ -168,6 +169,7 @@ class ConvBNReLU(_Composite):
             padding="valid" if self.explicit_pad or self.pad == 0 else "same",
             groups=groups,
             use_bias=self.deploy,
+            data_format="channels_last",
             name="conv",
         )
         self.norm = self._norm("norm")
@@ -222,7 +224,9 @@ def _window_mean_as_depthwise(x, window):
     the largest int8 value).
     """
     kernel = ops.full(tuple(window) + (x.shape[-1], 1), 1.0 / math.prod(window), dtype=x.dtype)
-    return ops.depthwise_conv(x, kernel, strides=tuple(window), padding="valid")
+    return ops.depthwise_conv(
+        x, kernel, strides=tuple(window), padding="valid", data_format="channels_last"
+    )
 
 
 def _even(size):
@@ -282,7 +286,9 @@ class PatchEmbed(_Composite):
             if pooled is None and self.pool_as_depthwise and _even(x.shape[1]) and _even(x.shape[2]):
                 pooled = _window_mean_as_depthwise(x, (2, 2))
             if pooled is None:
-                pooled = ops.average_pool(x, pool_size=2, strides=2, padding="same")
+                pooled = ops.average_pool(
+                    x, pool_size=2, strides=2, padding="same", data_format="channels_last"
+                )
             x = pooled
         if self.conv is None:
             return x
@@ -332,6 +338,7 @@ class MHCA(_Composite):
             padding="same",
             groups=filters // head_dim,
             use_bias=self.deploy,
+            data_format="channels_last",
             name="group_conv3x3",
         )
         self.norm = self._norm("norm")
@@ -363,7 +370,10 @@ class MHCA(_Composite):
         kernel = self.group_conv3x3.kernel
         heads = ops.split(x, self.filters // self.head_dim, axis=-1)
         outputs = [
-            ops.conv(head, kernel[..., i * self.head_dim : (i + 1) * self.head_dim], padding="same")
+            ops.conv(
+                head, kernel[..., i * self.head_dim : (i + 1) * self.head_dim], padding="same",
+                data_format="channels_last",
+            )
             for i, head in enumerate(heads)
         ]
         x = outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, axis=-1)
@@ -624,7 +634,8 @@ class EfficientMHSA(_Composite):
                 x = _window_mean_as_depthwise(x, (self.pool_size,))
             else:
                 x = ops.average_pool(
-                    x, pool_size=self.pool_size, strides=self.pool_size, padding="valid"
+                    x, pool_size=self.pool_size, strides=self.pool_size, padding="valid",
+                    data_format="channels_last",
                 )
             if self.norm is not None:  # absent in the deploy form: merged into k, v
                 x = run(self.norm, x, training)
@@ -838,6 +849,16 @@ class InputCheck(keras.layers.Layer):
                     f"{self.min_size} pixels (input shape {shape})."
                 )
         return x
+
+    def compute_output_spec(self, x):
+        # What ``__call__`` makes of ``x`` (floats cast to the compute dtype)
+        # from its shape and dtype alone, for any array: a Functional's
+        # ``compute_output_spec`` hands its first layer the caller's array
+        # itself (a NumPy array has no shape for ``compute_output_shape``).
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        if self.autocast and keras.backend.is_float_dtype(dtype):
+            dtype = self.input_dtype
+        return keras.KerasTensor(tuple(x.shape), dtype=dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -254,6 +254,7 @@ SECONDS = {
     "test_segmentation_training.py": 127,
     "test_tutorials.py::test_tutorial_runs::03_deployment": 120,
     "test_detection_training.py": 119,
+    "test_backends.py::test_parity_on_backend::hub_harness-jax": 95,  # timed alone, not profiled
     "test_segmentation_export.py": 92,
     "test_tutorials.py::test_tutorial_runs::04_finetuning": 91,
     "test_tutorials.py::test_tutorial_runs::05_segmentation": 89,
@@ -264,6 +265,7 @@ SECONDS = {
     "test_detection_export.py": 73,
     "test_tutorials.py::test_tutorial_runs::06_keras_hub": 72,
     "test_segmentation_model.py": 60,
+    "test_backends.py::test_parity_on_backend::hub_harness-torch": 60,  # timed alone
     "test_tutorials.py::test_tutorial_runs::07_detection": 57,
     "test_weights.py": 54,
     "test_detection_inference.py": 53,
@@ -271,6 +273,7 @@ SECONDS = {
     "test_training.py::test_mirrored_strategy_two_devices_equals_one": 51,
     "test_model.py": 47,
     "test_training.py::test_resume_continues_exactly": 47,
+    "test_hub_harness.py": 43,  # timed alone
     "test_backends.py::test_parity_on_backend::torch-torch": 40,
     "test_training.py::test_mixed_precision": 39,
     "test_segmentation_reference.py": 33,

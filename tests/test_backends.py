@@ -1,5 +1,5 @@
-"""The parity tests (classifier, segmenters and detector) again, on the JAX and PyTorch
-backends of Keras.
+"""The parity tests (classifier, segmenters and detector) and keras-hub's
+conformance harness again, on the JAX and PyTorch backends of Keras.
 
 Each backend runs in its own process (Keras picks its backend at import).
 """
@@ -25,26 +25,42 @@ def _require(backend, module):
         pytest.skip(f"{module} is not installed")
 
 
-@pytest.mark.parametrize("backend,module", [("jax", "jax"), ("torch", "torch")])
+PARITY_FILES = (
+    "test_parity.py", "test_segmentation_parity.py", "test_detection_parity.py",
+    "test_detection_ops.py",
+)
+# keras-hub's own test harness on NextViTBackbone and NextViTImageClassifier
+HUB_HARNESS_FILES = ("test_hub_harness.py",)
+
+
+@pytest.mark.parametrize(
+    "backend,module,files",
+    [
+        pytest.param("jax", "jax", PARITY_FILES, id="jax-jax"),
+        pytest.param("torch", "torch", PARITY_FILES, id="torch-torch"),
+        pytest.param("jax", "jax", HUB_HARNESS_FILES, id="hub_harness-jax"),
+        pytest.param("torch", "torch", HUB_HARNESS_FILES, id="hub_harness-torch"),
+    ],
+)
 @pytest.mark.slow
-def test_parity_on_backend(backend, module):
+def test_parity_on_backend(backend, module, files):
     _require(backend, module)
+    if files == HUB_HARNESS_FILES:
+        _require(backend, "keras_hub")
+        _require(backend, "grain")  # imported by keras-hub's harness
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     if backend == "jax":
         env.update(JAX_QUICK_COMPILE_UNFUSED)
     result = subprocess.run(
-        [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            str(HERE / "test_parity.py"), str(HERE / "test_segmentation_parity.py"),
-            str(HERE / "test_detection_parity.py"), str(HERE / "test_detection_ops.py"),
-        ],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        + [str(HERE / name) for name in files],
         env=env,
         capture_output=True,
         text=True,
         timeout=1200,
     )
     tail = (result.stdout + result.stderr)[-4000:]
-    assert result.returncode == 0, f"parity on {backend} failed:\n{tail}"
+    assert result.returncode == 0, f"{', '.join(files)} on {backend} failed:\n{tail}"
     assert " passed" in result.stdout and "failed" not in result.stdout, tail
 
 

@@ -243,8 +243,10 @@ def test_save_preset_bad_sources(tmp_path):
         hub.NextViTImageConverter(crop_pct=1.5)
     with pytest.raises(ValueError, match="channels-last RGB"):
         hub.NextViTImageConverter(image_size=32)(np.zeros((1, 3, 40, 40)))
-    with pytest.raises(ValueError, match="channels-last only"):
-        hub.NextViTBackbone(depths=TINY, data_format="channels_first")
+    with pytest.raises(ValueError, match="data_format must be"):
+        hub.NextViTBackbone(depths=TINY, data_format="channels_middle")
+    with pytest.raises(ValueError, match=r"\(channels, height, width\)"):
+        hub.NextViTBackbone(depths=TINY, image_shape=(3, 64), data_format="channels_first")
     with pytest.raises(ValueError, match="below the minimum"):
         hub.NextViTBackbone(depths=TINY, image_shape=(16, 16, 3))
 

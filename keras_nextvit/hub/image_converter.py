@@ -1,13 +1,34 @@
 """``NextViTImageConverter``: the presets' evaluation transform as a keras-hub
 image converter."""
 
+import sys
+
 import keras
 import numpy as np
 from keras import ops
 from keras_hub.layers import ImageConverter
 
 from .. import presets
-from .backbone import NextViTBackbone
+from .backbone import NextViTBackbone, standardize_data_format
+
+_LAYOUT_NAME = {False: "channels-last", True: "channels-first"}
+
+
+def _in_tf_graph():
+    """Whether TensorFlow is tracing a graph (a ``tf.data`` map, a
+    ``tf.function``), on any Keras backend."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and not tf.executing_eagerly()
+
+
+def _in_grain_pipeline():
+    """Whether a Grain pipeline is running this (Keras tells; older Keras
+    versions have no Grain support and say no)."""
+    try:
+        from keras.src.utils.backend_utils import in_grain_data_pipeline
+    except ImportError:
+        return False
+    return in_grain_data_pipeline()
 
 
 @keras.saving.register_keras_serializable(package="keras_nextvit")
@@ -28,6 +49,15 @@ class NextViTImageConverter(ImageConverter):
         crop_pct: crop size over resize size (0.95 for the 224 presets).
         mean, std: per-channel normalisation, RGB, in [0, 1].
         interpolation: ``"bicubic"`` (the presets') or ``"bilinear"``.
+        data_format: the images' layout, in and out: ``"channels_last"``
+            (``(..., height, width, 3)``) or ``"channels_first"``
+            (``(..., 3, height, width)``); ``None`` takes
+            ``keras.config.image_data_format()``, as
+            :class:`NextViTBackbone` does.
+
+    In a ``tf.data`` pipeline (how keras-hub tasks feed ``fit`` and
+    ``predict`` from datasets) it runs in TensorFlow's ops on every Keras
+    backend; in a Grain pipeline it returns NumPy arrays.
 
     Example:
 
@@ -46,6 +76,7 @@ class NextViTImageConverter(ImageConverter):
         mean=presets.IMAGENET_MEAN,
         std=presets.IMAGENET_STD,
         interpolation="bicubic",
+        data_format=None,
         **kwargs,
     ):
         for name in ("scale", "offset", "crop_to_aspect_ratio", "pad_to_aspect_ratio", "antialias"):
@@ -60,40 +91,56 @@ class NextViTImageConverter(ImageConverter):
         offset = [float(-m / s) for m, s in zip(mean, std)]
         super().__init__(
             image_size=None, scale=scale, offset=offset, crop_to_aspect_ratio=False,
-            interpolation=interpolation, antialias=True, **kwargs,
+            interpolation=interpolation, antialias=True,
+            data_format=standardize_data_format(data_format), **kwargs,
         )
         self.crop_size = None if image_size is None else tuple(int(v) for v in image_size)
         self.crop_pct = float(crop_pct)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
 
-    def _resize_and_crop(self, images):
+    def _resize_and_crop(self, images, graph):
+        """Resize the shorter side to ``crop / crop_pct`` and cut out the
+        central crop (channels-last ``images``). ``graph``: in a TensorFlow
+        graph (a ``tf.data`` pipeline, whatever the Keras backend), where the
+        work is done by TensorFlow's own ops."""
         crop_h, crop_w = self.crop_size
-        height, width = ops.shape(images)[-3], ops.shape(images)[-2]
+        height, width = images.shape[-3], images.shape[-2]
         target = int(min(crop_h, crop_w) / self.crop_pct)
-        if isinstance(height, int) and isinstance(width, int):
+        if height is not None and width is not None:
+            height, width = int(height), int(width)
             shorter = min(height, width)
             new_h = target if height == shorter else int(round(target * height / width))
             new_w = target if width == shorter else int(round(target * width / height))
             if (new_h, new_w) != (height, width):
-                images = ops.image.resize(
-                    images, (new_h, new_w), interpolation=self.interpolation, antialias=True
-                )
+                if graph:
+                    images = self._tf_resize(images, (new_h, new_w))
+                else:
+                    images = ops.image.resize(
+                        images, (new_h, new_w), interpolation=self.interpolation,
+                        antialias=True, data_format="channels_last",
+                    )
             top, left = int(round((new_h - crop_h) / 2)), int(round((new_w - crop_w) / 2))
-        else:  # symbolic sizes (a tf.data pipeline): the same arithmetic in tensors
+        else:  # sizes known only when the graph runs: the same arithmetic in tensors
             import tensorflow as tf
 
-            height, width = tf.cast(height, "float32"), tf.cast(width, "float32")
+            shape = tf.shape(images)
+            height, width = tf.cast(shape[-3], "float32"), tf.cast(shape[-2], "float32")
             ratio = target / tf.minimum(height, width)
             new_h = tf.cast(tf.round(height * ratio), "int32")
             new_w = tf.cast(tf.round(width * ratio), "int32")
-            images = tf.image.resize(
-                tf.cast(images, "float32"), tf.stack([new_h, new_w]), method=self.interpolation,
-                antialias=True,
-            )
+            images = self._tf_resize(images, tf.stack([new_h, new_w]))
             top = tf.cast(tf.round(tf.cast(new_h - crop_h, "float32") / 2), "int32")
             left = tf.cast(tf.round(tf.cast(new_w - crop_w, "float32") / 2), "int32")
         return images[..., top : top + crop_h, left : left + crop_w, :]
+
+    def _tf_resize(self, images, size):
+        import tensorflow as tf
+
+        resized = tf.image.resize(
+            images, size, method=self.interpolation, antialias=True
+        )  # what Keras' ops.image.resize calls on the TensorFlow backend
+        return tf.cast(resized, images.dtype)
 
     def _call_python(self, inputs):
         if isinstance(inputs, dict):
@@ -106,21 +153,40 @@ class NextViTImageConverter(ImageConverter):
             if len(shapes) > 1:  # differently sized images: one at a time
                 return ops.stack([self._call_python(x) for x in inputs])
             inputs = np.stack([np.asarray(x) for x in inputs])
-        if isinstance(inputs, np.ndarray):
-            inputs = ops.convert_to_tensor(inputs)
-        if inputs.shape[-1] != 3:
+        # keras-hub runs preprocessing inside tf.data pipelines on every
+        # backend: there the images are symbolic TensorFlow tensors, which
+        # only TensorFlow's ops take.
+        graph = _in_tf_graph()
+        if graph:
+            import tensorflow as tf
+
+            x = tf.convert_to_tensor(inputs)
+            transpose, cast = tf.transpose, tf.cast
+        else:
+            x = ops.convert_to_tensor(inputs) if isinstance(inputs, np.ndarray) else inputs
+            transpose, cast = ops.transpose, ops.cast
+        channels_first = self.data_format == "channels_first"
+        rank = len(x.shape)
+        channels = x.shape[-3] if channels_first and rank >= 3 else x.shape[-1]
+        if rank not in (3, 4) or (channels is not None and channels != 3):
+            layout = "(..., 3, height, width)" if channels_first else "(..., 3)"
             raise ValueError(
-                f"NextViTImageConverter expects channels-last RGB images (..., 3); got shape "
-                f"{tuple(inputs.shape)}."
+                f"NextViTImageConverter expects {_LAYOUT_NAME[channels_first]} RGB images "
+                f"{layout}; got shape {tuple(x.shape)}."
             )
-        x = ops.cast(inputs, self.compute_dtype)
+        if channels_first:  # the work is done channels-last
+            x = transpose(x, (0, 2, 3, 1) if rank == 4 else (1, 2, 0))
+        x = cast(x, self.compute_dtype)
         if self.crop_size is not None:
-            x = self._resize_and_crop(x)
-        scale = self._expand_non_channel_dims(self.scale, x)
-        offset = self._expand_non_channel_dims(self.offset, x)
-        x, scale = self._convert_types(x, scale, x.dtype)
-        x, offset = self._convert_types(x, offset, x.dtype)
-        return x * scale + offset
+            x = self._resize_and_crop(x, graph)
+        x, scale = self._convert_types(x, np.asarray(self.scale, "float32"), x.dtype)
+        x, offset = self._convert_types(x, np.asarray(self.offset, "float32"), x.dtype)
+        x = x * scale + offset  # (3,) on the channel axis
+        if channels_first:
+            x = transpose(x, (0, 3, 1, 2) if rank == 4 else (2, 0, 1))
+        if _in_grain_pipeline():  # Grain pickles its elements: NumPy, not backend tensors
+            return ops.convert_to_numpy(x)
+        return x
 
     @property
     def image_size(self):
@@ -143,5 +209,6 @@ class NextViTImageConverter(ImageConverter):
             crop_pct=self.crop_pct,
             mean=list(self.mean),
             std=list(self.std),
+            data_format=self.data_format,
         )
         return config
