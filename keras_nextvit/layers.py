@@ -3,9 +3,10 @@
 Every layer works on channels-last tensors, whatever
 ``keras.config.image_data_format()`` says (each convolution and pooling names
 its ``data_format``), uses ``keras.ops`` only (so the TensorFlow, JAX and
-PyTorch backends all run it) and serialises through ``get_config``. Sub-layers carry the attribute names of the reference PyTorch
-modules (``patch_embed``, ``mhca.group_conv3x3``, ``e_mhsa.q`` ...), which is
-what lets :mod:`keras_nextvit.weights` map a checkpoint onto them by name.
+PyTorch backends all run it) and serialises through ``get_config``.
+Sub-layers carry the attribute names of the reference PyTorch modules
+(``patch_embed``, ``mhca.group_conv3x3``, ``e_mhsa.q`` ...), which is what
+lets :mod:`keras_nextvit.weights` map a checkpoint onto them by name.
 
 The maths of each block lives in its ``call``:
 
