@@ -274,6 +274,7 @@ SECONDS = {
     "test_model.py": 47,
     "test_training.py::test_resume_continues_exactly": 47,
     "test_hub_harness.py": 43,  # timed alone
+    "test_classify.py": 40,  # timed alone (with the digits model shared)
     "test_backends.py::test_parity_on_backend::torch-torch": 40,
     "test_training.py::test_mixed_precision": 39,
     "test_segmentation_reference.py": 33,
