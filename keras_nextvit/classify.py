@@ -297,13 +297,16 @@ def _softmax(logits):
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def check_sizes(classifiers, transform):
-    """The transform with the size every fixed-size artifact takes (they
-    must agree, and agree with a size the user gave)."""
+def check_sizes(classifiers, transform, requested=None):
+    """The transform with the size every fixed-size artifact takes. They
+    must agree with each other and with ``requested`` (a size the user
+    asked for), else a ``ValueError`` says which takes what."""
     fixed = {name: c.input_size for name, c in classifiers.items() if c.input_size is not None}
     sizes = set(fixed.values())
     if len(sizes) > 1:
         raise ValueError(f"The artifacts take different input sizes: {fixed}; compare files of one size.")
+    if sizes and requested is not None and sizes != {int(requested)}:
+        raise ValueError(f"--size {requested} was asked for, but the artifacts take {fixed}.")
     if sizes and sizes != {transform.size}:
         return dataclasses.replace(transform, size=sizes.pop())
     return transform

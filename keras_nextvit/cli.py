@@ -329,7 +329,7 @@ def _classify(args):
     if args.artifact:
         model = classify.artifact_classifier(args.artifact)
         print(f"{model.kind} artifact {args.artifact}")
-        transform = classify.check_sizes({"artifact": model}, transform)
+        transform = classify.check_sizes({"artifact": model}, transform, args.size)
     else:
         model = _keras_model(args, args.batch_size)
     count = model.num_classes if hasattr(model, "num_classes") else None
@@ -371,7 +371,7 @@ def _validate(args):
     for path in args.artifact or ():
         runner = classify.artifact_classifier(path)
         classifiers[os.path.basename(path) if os.path.basename(path) not in classifiers else path] = runner
-    transform = classify.check_sizes(classifiers, _transform(args))
+    transform = classify.check_sizes(classifiers, _transform(args), args.size)
     if args.compare or not args.artifact:
         classifiers = {"keras": _keras_model(args, args.batch_size), **classifiers}
     for name, runner in classifiers.items():

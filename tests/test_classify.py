@@ -128,6 +128,18 @@ def test_validate_counts_equal_a_hand_computation(tmp_path):
     assert table.splitlines()[0].split() == ["model", "images", "top-1", "top-5", "loss", "agree", "ms/image"]
 
 
+def test_the_artifacts_fix_the_input_size():
+    from types import SimpleNamespace as Stub
+
+    transform = classify.Transform.of("nextvit_small.bd_in1k")
+    assert classify.check_sizes({"a": Stub(input_size=None)}, transform) == transform
+    assert classify.check_sizes({"a": Stub(input_size=384)}, transform).size == 384
+    with pytest.raises(ValueError, match=r"different input sizes: \{'a': 224, 'b': 384\}"):
+        classify.check_sizes({"a": Stub(input_size=224), "b": Stub(input_size=384)}, transform)
+    with pytest.raises(ValueError, match=r"--size 256 was asked for, but the artifacts take \{'a': 224\}"):
+        classify.check_sizes({"a": Stub(input_size=224)}, transform, requested=256)
+
+
 def test_a_fixed_batch_artifact_runs_a_shorter_last_batch():
     from keras_nextvit.exporters.verify import run_in_batches
 
