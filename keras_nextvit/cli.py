@@ -286,6 +286,18 @@ def _transform(args):
                         mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None)
 
 
+def select_backend(backend):
+    """Run Keras on ``backend`` (before Keras is imported; a process that
+    has imported it already must be on that backend)."""
+    if backend is None:
+        return
+    loaded = sys.modules.get("keras")
+    if loaded is not None and loaded.backend.backend() != backend:
+        raise ValueError(f"--backend {backend}: Keras is already running on {loaded.backend.backend()} in this "
+                         "process; set KERAS_BACKEND before it starts.")
+    os.environ["KERAS_BACKEND"] = backend
+
+
 def _keras_model(args, batch_size):
     from . import classify
 
@@ -425,6 +437,8 @@ def _model_options(parser, what):
     parser.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="normalisation std in [0, 1] (default: ImageNet's)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                        help="Keras backend for the model (default: KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -559,9 +573,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)  # --help answers here, before any backend
     from .startup import import_tensorflow_quietly
 
-    # every command but --help uses TensorFlow (tf.data, the exporters)
-    import_tensorflow_quietly()
     try:
+        select_backend(getattr(args, "backend", None))  # before TensorFlow, which imports Keras
+        # every command but --help uses TensorFlow (tf.data, the exporters)
+        import_tensorflow_quietly()
         return args.run(args) or 0
     except (ValueError, OSError, ImportError, RuntimeError) as error:
         print(f"keras-nextvit {args.command}: error: {error}", file=sys.stderr)

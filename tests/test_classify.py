@@ -286,3 +286,36 @@ def _names(folder):
     path = folder / "names.txt"
     path.write_text("".join(f"digit {i}\n" for i in range(10)))
     return path
+
+
+def test_a_backend_is_chosen_before_keras_starts(tmp_path, capsys):
+    import keras
+
+    running = keras.backend.backend()
+    other = "jax" if running != "jax" else "torch"
+    photos(tmp_path / "photos", count=1)
+    assert cli.main(["classify", str(tmp_path / "photos"), *TINY, "--backend", other]) == 2
+    err = capsys.readouterr().err
+    assert f"--backend {other}: Keras is already running on {running} in this process" in err
+
+
+@pytest.mark.slow
+def test_validate_on_the_pytorch_backend(tmp_path):
+    """``--backend torch`` from a fresh process: Keras starts on PyTorch
+    (the command sets the backend before loading TensorFlow, which imports
+    Keras) and validates the folder."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    imagenet_layout(tmp_path / "val", ["a", "b"], per_class=2)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KERAS_BACKEND", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_nextvit.cli", "validate", str(tmp_path / "val"), *TINY,
+         "--num-classes", "2", "--backend", "torch", "--json", str(tmp_path / "table.json")],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "backend torch" in result.stdout
+    (row,) = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert row["name"] == "keras" and row["images"] == 4
