@@ -401,7 +401,7 @@ def _validate(args):
           f"{len(classifiers)} model{'s' if len(classifiers) > 1 else ''})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"folder": str(args.folder), "transform": dataclasses_dict(transform),
+            json.dump({"folder": str(args.folder), "transform": _plain_dict(transform),
                        "rows": [r.to_dict() for r in rows]}, handle, indent=1)
         print(f"wrote {args.json}")
     if args.csv:
@@ -415,7 +415,7 @@ def _validate(args):
     return 0
 
 
-def dataclasses_dict(value):
+def _plain_dict(value):
     import dataclasses
 
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(value).items()}
