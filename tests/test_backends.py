@@ -38,7 +38,9 @@ HUB_HARNESS_FILES = ("test_hub_harness.py",)
     [
         pytest.param("jax", "jax", PARITY_FILES, id="jax-jax"),
         pytest.param("torch", "torch", PARITY_FILES, id="torch-torch"),
-        pytest.param("jax", "jax", HUB_HARNESS_FILES, id="hub_harness-jax"),
+        # keras-hub's harness on JAX passes too (`KERAS_BACKEND=jax pytest tests/test_hub_harness.py`:
+        # 7 passed in ~75 s alone), but compiling its precision and quantization variants in both
+        # image layouts costs more than the suite's 20 minutes leave; PyTorch's run is cheap
         pytest.param("torch", "torch", HUB_HARNESS_FILES, id="hub_harness-torch"),
     ],
 )
