@@ -18,8 +18,13 @@ What ``keras-nextvit classify`` and ``keras-nextvit validate`` (and
   classifiers over the same images in one pass).
 
     from keras_nextvit import classify
+    from keras_nextvit.preprocessing import imagenet_classes
+
     model = classify.keras_classifier("nextvit_small.bd_in1k")
-    rows = classify.classify(["cat.jpg"], {"keras": model}, classify.Transform.of("nextvit_small.bd_in1k"))
+    transform = classify.Transform.of("nextvit_small.bd_in1k")
+    rows = classify.classify(["cat.jpg"], model, transform, imagenet_classes(), top=5)
+    files, labels, _ = classify.labelled_folder("imagenet/val")
+    table = classify.validate(files, labels, {"keras": model}, transform)
 """
 
 import dataclasses
