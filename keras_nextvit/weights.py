@@ -662,15 +662,33 @@ def load_weights(model, weights, cache=None):
         if os.sep not in path and not path.lower().endswith(checkpoint_suffixes):
             get_preset(path)  # not a file name: raises the unknown-preset error
         raise FileNotFoundError(f"Weights file not found: {path}")
-    if path.endswith(".weights.h5"):
-        try:
-            with warnings.catch_warnings():  # Keras warns of each part it skips, then raises
-                warnings.simplefilter("ignore", UserWarning)
-                model.load_weights(path)
-        except ValueError as error:
-            raise CheckpointError(_keras_mismatch(path, model, error)) from None
-        return model
-    return load_torch_weights(model, path)
+    return load_checkpoint(model, path)
+
+
+def load_checkpoint(model, source):
+    """Load a checkpoint file or mapping into ``model``: a Keras
+    ``.weights.h5`` through Keras (:func:`load_keras_weights`), anything
+    else by name (:func:`load_torch_weights`). What the classifier, the
+    segmenters and the detector do with ``weights=``."""
+    if not isinstance(source, Mapping) and os.fspath(source).endswith(".weights.h5"):
+        return load_keras_weights(model, os.fspath(source))
+    return load_torch_weights(model, source)
+
+
+def load_keras_weights(model, path):
+    """``model.load_weights(path)``; a file that does not fit is a
+    :class:`CheckpointError` naming the first variable whose shape differs
+    and both shapes (Keras' own error prints the values after a warning
+    per part it skipped)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Weights file not found: {path}")
+    try:
+        with warnings.catch_warnings():  # Keras warns of each part it skips, then raises
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_weights(path)
+    except ValueError as error:
+        raise CheckpointError(_keras_mismatch(path, model, error)) from None
+    return model
 
 
 def _keras_mismatch(path, model, error):

@@ -319,3 +319,17 @@ def test_importing_the_package_loads_no_tensorflow_on_other_backends():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_keras_weights_file_of_another_class_count_is_a_checkpoint_error(tmp_path):
+    """``weights=`` with a ``.weights.h5`` goes through the loader the
+    classifier and the detector share: a file that does not fit names the
+    variable and both shapes instead of Keras' multi-line error."""
+    path = tmp_path / "three.weights.h5"
+    keras_nextvit.NextViTSegmenter((1, 1, 5, 1), "fpn", num_classes=3, input_shape=(64, 64, 3)).save_weights(path)
+    with pytest.raises(keras_nextvit.CheckpointError, match=r"three\.weights\.h5 does not fit 'nextvit_custom_fpn': it "
+                                                            r"holds decode_head/conv_seg/kernel with shape \(128, 3\), "
+                                                            r"the model's is \(128, 5\)"):
+        keras_nextvit.NextViTSegmenter((1, 1, 5, 1), "fpn", num_classes=5, input_shape=(64, 64, 3), weights=path)
+    with pytest.raises(FileNotFoundError, match="Weights file not found"):
+        keras_nextvit.NextViTSegmenter((1, 1, 5, 1), "fpn", num_classes=3, weights=tmp_path / "none.weights.h5")

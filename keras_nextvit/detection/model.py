@@ -175,11 +175,7 @@ def NextViTMaskRCNN(variant="small", num_classes=80, weights=None, backbone_weig
     from .. import weights as weights_lib
 
     if weights is not None:
-        path = str(weights) if not isinstance(weights, dict) else None
-        if path is not None and path.endswith(".weights.h5"):
-            detector.load_weights(path)
-        else:
-            weights_lib.load_torch_weights(detector, weights)
+        weights_lib.load_checkpoint(detector, weights)
     elif backbone_weights is not None:
         weights_lib.load_backbone_weights(detector.backbone, backbone_weights)
     return detector

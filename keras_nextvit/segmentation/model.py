@@ -166,11 +166,7 @@ def NextViTSegmenter(
     from .. import weights as weights_lib
 
     if weights is not None:
-        path = str(weights) if not isinstance(weights, dict) else None
-        if path is not None and path.endswith(".weights.h5"):
-            model.load_weights(path)
-        else:
-            weights_lib.load_torch_weights(model, weights)
+        weights_lib.load_checkpoint(model, weights)
     elif backbone_weights is not None:
         weights_lib.load_backbone_weights(model, backbone_weights)
     return model
