@@ -88,7 +88,7 @@ class Transform:
         """One image file as a normalised ``(size, size, 3)`` float32 array."""
         from PIL import Image, UnidentifiedImageError
 
-        from .preprocessing import load_image
+        from .preprocessing import load_image, preprocess_input
 
         try:
             with Image.open(path) as handle:
@@ -97,9 +97,7 @@ class Transform:
             raise ValueError(f"{path} is not an image that can be read ({error}).") from None
         crop = load_image(image, preset={"input_size": int(self.size), "crop_pct": float(self.crop_pct),
                                          "interpolation": self.interpolation})
-        mean = np.asarray(self.mean, np.float32) * 255.0
-        scale = 1.0 / (np.asarray(self.std, np.float32) * 255.0)
-        return (crop.astype(np.float32) - mean) * scale
+        return preprocess_input(crop, self.mean, self.std)
 
     def batch(self, paths):
         return np.stack([self.load(p) for p in paths])
@@ -261,6 +259,7 @@ class ArtifactClassifier:
                 raise ValueError(f"{path} has {len(names)} outputs ({names}); a classifier has one (logits).")
             self.runner = TFLiteRunner(path, names)
             shape = probe.input_detail["shape_signature"]
+            output_width = probe.output_details[names[0]]["shape"][-1]
         elif kind == "ONNX":
             from .exporters.onnx import ONNXRunner
 
@@ -269,6 +268,7 @@ class ArtifactClassifier:
             outputs = self.runner.session.get_outputs()
             if len(outputs) != 1:
                 raise ValueError(f"{path} has {len(outputs)} outputs; a classifier has one (logits).")
+            output_width = outputs[0].shape[-1]
         else:
             from .exporters.openvino import OpenVINORunner
 
@@ -276,6 +276,8 @@ class ArtifactClassifier:
             if len(self.runner.names) != 1:
                 raise ValueError(f"{path} has {len(self.runner.names)} outputs; a classifier has one (logits).")
             shape = [d.get_length() if d.is_static else None for d in self.runner.compiled.inputs[0].partial_shape]
+            output_width = self.runner.compiled.outputs[0].partial_shape[-1].get_length()
+        self.num_classes = output_width
         if len(shape) != 4:
             raise ValueError(f"{path} takes input of rank {len(shape)}; a classifier takes (N, H, W, 3) images.")
         height, width, channels = (int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
@@ -294,12 +296,6 @@ class ArtifactClassifier:
 
 def artifact_classifier(path):
     return ArtifactClassifier(path)
-
-
-def _softmax(logits):
-    z = np.asarray(logits, np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def check_sizes(classifiers, transform, requested=None):
@@ -337,16 +333,17 @@ def classify(files, classifier, transform, class_names, top=5, batch_size=32, pr
         raise ValueError(f"top must be at least 1, got {top}.")
     if int(batch_size) < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}.")
+    from .preprocessing import decode_predictions
+
     rows = []
     bar = _progress(len(files), progress)
     for chunk in _batches(list(files), int(batch_size)):
-        probs = _softmax(classifier(transform.batch(chunk)))
-        if probs.shape[-1] != len(class_names):
-            raise ValueError(f"The classifier gives {probs.shape[-1]} classes; {len(class_names)} names were "
+        logits = classifier(transform.batch(chunk))
+        if logits.shape[-1] != len(class_names):
+            raise ValueError(f"The classifier gives {logits.shape[-1]} classes; {len(class_names)} names were "
                              "given (pass --num-classes with a checkpoint of another class count).")
-        for path, row in zip(chunk, probs):
-            best = np.argsort(-row, kind="stable")[: int(top)]
-            rows.append({"file": str(path), "top": [(int(i), class_names[i], float(row[i])) for i in best]})
+        for path, best in zip(chunk, decode_predictions(logits, int(top), class_names)):
+            rows.append({"file": str(path), "top": best})
         if bar is not None:
             bar.add(len(chunk))
     return rows

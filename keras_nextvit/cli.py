@@ -344,10 +344,7 @@ def _classify(args):
         transform = classify.check_sizes({"artifact": model}, transform, args.size)
     else:
         model = _keras_model(args, args.batch_size)
-    count = model.num_classes if hasattr(model, "num_classes") else None
-    if count is None:  # an artifact: one image tells its width
-        count = int(model(transform.batch(files[:1])).shape[-1])
-    rows = classify.classify(files, model, transform, _class_names(args, count), top=args.top,
+    rows = classify.classify(files, model, transform, _class_names(args, int(model.num_classes)), top=args.top,
                              batch_size=args.batch_size, progress=len(files) > 1 and not args.no_progress)
     for row in rows:
         print(row["file"])
@@ -372,6 +369,7 @@ def _classify(args):
 
 
 def _validate(args):
+    import dataclasses
     import json
     import time
 
@@ -401,7 +399,7 @@ def _validate(args):
           f"{len(classifiers)} model{'s' if len(classifiers) > 1 else ''})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"folder": str(args.folder), "transform": _plain_dict(transform),
+            json.dump({"folder": str(args.folder), "transform": dataclasses.asdict(transform),
                        "rows": [r.to_dict() for r in rows]}, handle, indent=1)
         print(f"wrote {args.json}")
     if args.csv:
@@ -413,12 +411,6 @@ def _validate(args):
             writer.writerows(r.to_dict() for r in rows)
         print(f"wrote {args.csv}")
     return 0
-
-
-def _plain_dict(value):
-    import dataclasses
-
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(value).items()}
 
 
 def _model_options(parser, what):

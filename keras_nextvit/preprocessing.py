@@ -89,14 +89,17 @@ def imagenet_classes():
     return (DATA_DIR / "imagenet_classes.txt").read_text().splitlines()
 
 
-def decode_predictions(logits, top=5):
-    """``[[(class_index, name, probability), ...], ...]`` per image."""
+def decode_predictions(logits, top=5, class_names=None):
+    """``[[(class_index, name, probability), ...], ...]`` per image: the
+    ``top`` classes by softmax probability, named by ``class_names``
+    (default: ImageNet-1K's, for 1000 logits)."""
     logits = np.asarray(logits, dtype="float64")
-    if logits.ndim != 2 or logits.shape[-1] != 1000:
-        raise ValueError(f"decode_predictions expects (batch, 1000) logits, got {logits.shape}.")
+    width = 1000 if class_names is None else len(class_names)
+    if logits.ndim != 2 or logits.shape[-1] != width:
+        raise ValueError(f"decode_predictions expects (batch, {width}) logits, got {logits.shape}.")
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
-    names = imagenet_classes()
+    names = imagenet_classes() if class_names is None else list(class_names)
     return [
         [(int(i), names[i], float(row[i])) for i in np.argsort(-row)[:top]] for row in probs
     ]
