@@ -821,6 +821,15 @@ class ChannelAffine(keras.layers.Layer):
         return input_shape
 
 
+def called_dtype(layer, x):
+    """The dtype ``layer(x)`` gives ``x``'s floats (Keras casts them to the
+    layer's input dtype when it autocasts), from ``x.dtype`` alone."""
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if layer.autocast and keras.backend.is_float_dtype(dtype):
+        dtype = layer.input_dtype
+    return dtype
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class InputCheck(keras.layers.Layer):
     """Identity that rejects images the model cannot process, with a clear
@@ -856,10 +865,7 @@ class InputCheck(keras.layers.Layer):
         # from its shape and dtype alone, for any array: a Functional's
         # ``compute_output_spec`` hands its first layer the caller's array
         # itself (a NumPy array has no shape for ``compute_output_shape``).
-        dtype = keras.backend.standardize_dtype(x.dtype)
-        if self.autocast and keras.backend.is_float_dtype(dtype):
-            dtype = self.input_dtype
-        return keras.KerasTensor(tuple(x.shape), dtype=dtype)
+        return keras.KerasTensor(tuple(x.shape), dtype=called_dtype(self, x))
 
     def compute_output_shape(self, input_shape):
         return input_shape

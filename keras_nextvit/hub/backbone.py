@@ -5,6 +5,7 @@ from keras import ops
 from keras_hub.models import FeaturePyramidBackbone
 
 from .. import presets
+from ..layers import called_dtype
 from ..model import build_trunk, check_input_shape, stage_plan
 
 
@@ -35,10 +36,7 @@ class Transpose(keras.layers.Layer):
         return ops.transpose(x, (0,) + self.axes)
 
     def compute_output_spec(self, x):
-        dtype = keras.backend.standardize_dtype(x.dtype)
-        if self.autocast and keras.backend.is_float_dtype(dtype):
-            dtype = self.input_dtype  # what __call__ casts floats to
-        return keras.KerasTensor(self.compute_output_shape(tuple(x.shape)), dtype=dtype)
+        return keras.KerasTensor(self.compute_output_shape(tuple(x.shape)), dtype=called_dtype(self, x))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0],) + tuple(input_shape[a] for a in self.axes)
