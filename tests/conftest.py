@@ -254,7 +254,7 @@ SECONDS = {
     "test_tutorials.py::test_tutorial_runs::03_deployment": 129,
     "test_detection_training.py": 121,
     "test_segmentation_training.py": 118,
-    "test_backends.py::test_parity_on_backend::jax-jax": 103,
+    "test_backends.py::test_parity_on_backend::jax-jax": 170,
     "test_tutorials.py::test_tutorial_runs::04_finetuning": 87,
     "test_tutorials.py::test_tutorial_runs::05_segmentation": 84,
     "test_cli.py": 77,
