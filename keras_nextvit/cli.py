@@ -155,7 +155,8 @@ def _export(args):
     from .exporters import check_request, export
 
     # before building the model: a request that cannot be met fails at once
-    check_request(args.output, args.format, args.quantize, args.representative_data, args.uint8_input)
+    batch_size = None if args.dynamic_batch else args.batch_size
+    check_request(args.output, args.format, args.quantize, args.representative_data, args.uint8_input, batch_size)
     from .model import NextViT
     from .presets import VARIANTS
     from .weights import is_preset
@@ -191,7 +192,7 @@ def _export(args):
         quantize=args.quantize,
         representative_data=args.representative_data,
         merge_bn=not args.no_merge_bn,
-        batch_size=None if args.dynamic_batch else args.batch_size,
+        batch_size=batch_size,
         uint8_input=args.uint8_input,
         calibration_steps=args.calibration_steps,
     )
@@ -520,13 +521,16 @@ def build_parser():
     demo.add_argument("--size", type=int, default=224, help="input size (default 224)")
     demo.set_defaults(run=_demo)
 
-    export = commands.add_parser("export", help="export (SavedModel/TFLite/ONNX/OpenVINO/TensorRT) and verify")
-    export.add_argument("output", help="output file (.tflite/.onnx/.xml/.plan) or folder (SavedModel)")
-    export.add_argument("--format", choices=["saved_model", "tflite", "onnx", "openvino", "tensorrt"],
+    export = commands.add_parser("export", help="export (SavedModel/TFLite/ONNX/OpenVINO/TensorRT/CoreML) and "
+                                 "verify")
+    export.add_argument("output", help="output file (.tflite/.onnx/.xml/.plan) or folder (SavedModel, "
+                        ".mlpackage)")
+    export.add_argument("--format", choices=["saved_model", "tflite", "onnx", "openvino", "tensorrt", "coreml"],
                         default="tflite")
-    export.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
+    export.add_argument("--quantize", choices=QUANTIZE_CHOICES,
                         help="TFLite: none/float16/dynamic/int8 (full-integer)/int8_float_attention; "
-                        "OpenVINO: none/float16 (weights)/int8 (NNCF); TensorRT: none/float16/int8")
+                        "OpenVINO: none/float16 (weights)/int8 (NNCF); TensorRT: none/float16/int8; CoreML: "
+                        "float16/none (float32)/int8 (weights). Default: none, for CoreML float16")
     export.add_argument("--representative-data", help="image folder to calibrate int8 on")
     export.add_argument("--calibration-steps", type=int, default=100)
     export.add_argument("--variant", choices=["small", "base", "large"], default="small")
@@ -537,7 +541,8 @@ def build_parser():
     export.add_argument("--num-classes", type=int, default=150, help="segmenter classes (with --head)")
     export.add_argument("--batch-size", type=int, default=1)
     export.add_argument("--dynamic-batch", action="store_true", help="variable batch dimension")
-    export.add_argument("--uint8-input", action="store_true", help="SavedModel: uint8 images, normalised in-graph")
+    export.add_argument("--uint8-input", action="store_true",
+                        help="SavedModel: uint8 images, CoreML: an RGB image input; normalised in-graph")
     export.add_argument("--no-merge-bn", action="store_true", help="keep the BatchNorms")
     export.set_defaults(run=_export)
 

@@ -105,7 +105,7 @@ def test_export_requests_fail_before_a_model_is_built(tmp_path, capsys):
         assert cli.main(["export", str(tmp_path / "m.tflite"), "--quantize", "int8", "--size", "64"]) == 2
         assert "needs representative_data" in capsys.readouterr().err
         assert cli.main(["export", str(tmp_path / "m.tflite"), "--uint8-input"]) == 2
-        assert "uint8_input is supported for format='saved_model' only" in capsys.readouterr().err
+        assert "uint8_input is supported for format='saved_model' and format='coreml' only" in capsys.readouterr().err
         if "tensorrt" not in sys.modules:
             assert cli.main(["export", str(tmp_path / "m.plan"), "--format", "tensorrt"]) == 2
             assert "TensorRT export is not possible here" in capsys.readouterr().err

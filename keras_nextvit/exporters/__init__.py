@@ -8,9 +8,11 @@ function.)
 
 Formats: ``saved_model``, ``tflite`` (``quantize`` none / float16 / dynamic
 / int8), ``onnx``, ``openvino`` (none / float16 / int8, with the
-``openvino`` extra), ``tensorrt``. All go through TensorFlow, so the
-TensorFlow backend of Keras must be active. By default the model's
-BatchNorms are merged first (:func:`keras_nextvit.merge_batchnorm`).
+``openvino`` extra), ``tensorrt``, ``coreml`` (float16 by default / none /
+int8 weights, with the ``coreml`` extra; numbers verified on macOS only).
+All go through TensorFlow, so the TensorFlow backend of Keras must be
+active. By default the model's BatchNorms are merged first
+(:func:`keras_nextvit.merge_batchnorm`).
 """
 
 import os
@@ -25,18 +27,23 @@ from ..preprocessing import preprocess_input
 from ..reparam import merge_batchnorm
 from ..weights import is_detector
 from . import onnx as onnx_export
-from . import openvino, saved_model, tensorrt, tflite
+from . import coreml, openvino, saved_model, tensorrt, tflite
 from .cache import DerivedCache
-from .verify import ExportReport, verify
+from .verify import ExportReport, file_size, verify
 
-FORMATS = ("saved_model", "tflite", "onnx", "openvino", "tensorrt")
+FORMATS = ("saved_model", "tflite", "onnx", "openvino", "tensorrt", "coreml")
 QUANTIZE = {
     "saved_model": ("none",),
     "onnx": ("none",),
     "tflite": tflite.QUANTIZE_MODES,
     "openvino": openvino.QUANTIZE_MODES,
     "tensorrt": tuple(tensorrt.PRECISIONS),
+    "coreml": coreml.QUANTIZE_MODES,
 }
+# ``quantize=None``: "none" but for CoreML, which computes in float16 unless
+# asked for float32 (the Neural Engine runs float16 only)
+DEFAULT_QUANTIZE = {"coreml": coreml.DEFAULT_QUANTIZE}
+UINT8_INPUT_FORMATS = ("saved_model", "coreml")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
@@ -191,7 +198,13 @@ def _require_tensorflow_backend(fmt):
         )
 
 
-def check_request(path, format="tflite", quantize="none", representative_data=None, uint8_input=False):
+def default_quantize(format, quantize=None):
+    """``quantize``, or the format's default when it is ``None``."""
+    return DEFAULT_QUANTIZE.get(format, "none") if quantize is None else quantize
+
+
+def check_request(path, format="tflite", quantize=None, representative_data=None, uint8_input=False,
+                  batch_size=1):
     """Raise on an export request that cannot be carried out, before any
     model is built or traced: an unknown format or quantization, int8
     without calibration data, a missing extra, TensorRT where it cannot run,
@@ -199,13 +212,15 @@ def check_request(path, format="tflite", quantize="none", representative_data=No
     the other formats)."""
     if format not in FORMATS:
         raise ValueError(f"Unknown export format {format!r}; choose one of {FORMATS}.")
+    quantize = default_quantize(format, quantize)
     if quantize not in QUANTIZE[format]:
         raise ValueError(
             f"quantize={quantize!r} is not available for {format}; choose one of {QUANTIZE[format]}."
         )
-    if uint8_input and format != "saved_model":
-        raise ValueError("uint8_input is supported for format='saved_model' only.")
-    if quantize.startswith("int8") and representative_data is None:
+    if uint8_input and format not in UINT8_INPUT_FORMATS:
+        raise ValueError("uint8_input is supported for format='saved_model' and format='coreml' only.")
+    # CoreML's int8 is weight quantization: nothing to calibrate
+    if quantize.startswith("int8") and representative_data is None and format != "coreml":
         raise ValueError(
             f"quantize={quantize!r} for {format} needs representative_data to calibrate on: an image "
             "folder or an iterable/generator of preprocessed NHWC batches."
@@ -214,6 +229,10 @@ def check_request(path, format="tflite", quantize="none", representative_data=No
     if format == "openvino":
         openvino.check_path(path)
         openvino.require("nncf" if quantize == "int8" else "openvino")
+    if format == "coreml":
+        coreml.check_path(path)
+        coreml.check_batch_size(batch_size)
+        coreml.require()  # raises CoreMLUnavailable naming the extra
     if format == "tensorrt":
         return tensorrt.tensorrt_route()  # raises TensorRTUnavailable with the reason
     return None
@@ -233,6 +252,8 @@ def _export_detector(detector, path, format, quantize, merge_bn, input_size, ver
             "--onnx=detector.onnx --saveEngine=detector.plan`. This package does not build or verify "
             "detector engines yet."
         )
+    if format == "coreml":
+        raise ValueError(coreml.DETECTOR_MESSAGE)
     if format not in ("onnx", "openvino"):
         raise ValueError(
             f"A detector exports to ONNX (format='onnx') or OpenVINO (format='openvino'); {format!r} "
@@ -261,7 +282,7 @@ def export(
     model,
     path,
     format="tflite",
-    quantize="none",
+    quantize=None,
     representative_data=None,
     merge_bn=True,
     batch_size=1,
@@ -281,20 +302,25 @@ def export(
             padded ``input_size`` (height, width), default (800, 1216); a
             :class:`~.detection.DetectionExportReport` on uint8 images).
         path: output file (``.tflite``, ``.onnx``, ``.xml`` for OpenVINO,
-            ``.plan``) or folder (SavedModel, TF-TRT).
-        format: ``saved_model``, ``tflite``, ``onnx``, ``openvino`` or
-            ``tensorrt``.
-        quantize: TFLite: ``none``, ``float16``, ``dynamic``, ``int8``
+            ``.plan``) or folder (SavedModel, TF-TRT, CoreML's ``.mlpackage``).
+        format: ``saved_model``, ``tflite``, ``onnx``, ``openvino``,
+            ``tensorrt`` or ``coreml``.
+        quantize: ``None`` (default): ``none``, but ``float16`` for CoreML.
+            TFLite: ``none``, ``float16``, ``dynamic``, ``int8``
             (full-integer) or ``int8_float_attention`` (int8 but for the
             attention products and softmax, which stay float32);
             OpenVINO: ``none``, ``float16`` (weights), ``int8`` (NNCF);
-            TensorRT: ``none`` (FP32), ``float16``, ``int8``.
+            TensorRT: ``none`` (FP32), ``float16``, ``int8``;
+            CoreML: ``float16`` (float16 compute, the Neural Engine's),
+            ``none`` (float32: CPU and GPU), ``int8`` (int8 weights,
+            float16 compute; no calibration).
         representative_data: calibration data for int8: an image folder, or
             an iterable / generator function of preprocessed NHWC batches.
         merge_bn: fold BatchNorms first (the deployment form).
         batch_size: fixed batch size, or ``None`` for a dynamic batch.
         input_size: fix the image size when the model's is ``None``.
-        uint8_input: SavedModel only: take uint8 images and normalise inside.
+        uint8_input: SavedModel and CoreML (an RGB image input): take uint8
+            images and normalise inside.
         verification_data: NHWC float batch to verify on (default: 2
             synthetic images).
         calibration_steps: images used for int8 calibration at most.
@@ -303,12 +329,18 @@ def export(
     Returns:
         An :class:`ExportReport`. For OpenVINO on a CPU with bfloat16
         arithmetic (AVX512-BF16, AMX) its ``variants["bf16"]`` reports the
-        same file run in bfloat16.
+        same file run in bfloat16. For CoreML its ``checks`` list what was
+        checked in the package (operators against the Neural Engine list,
+        inputs, outputs, size); off macOS there is no CoreML runtime, and the
+        report says that its numbers were not verified (``unverified``, no
+        ``outputs``); on macOS ``variants["cpu_only"]`` reports the package
+        run on the CPU alone.
     """
+    quantize = default_quantize(format, quantize)
     if is_detector(model):  # a Mask R-CNN
         return _export_detector(model, path, format, quantize, merge_bn, input_size, verification_data,
                                 verify_export)
-    route = check_request(path, format, quantize, representative_data, uint8_input)
+    route = check_request(path, format, quantize, representative_data, uint8_input, batch_size)
     deploy = _fixed_size_model(model, input_size, merge_bn)
     shape = tuple(deploy.inputs[0].shape[1:])
     names = saved_model.output_names(deploy)
@@ -335,6 +367,27 @@ def export(
     elif format == "openvino":
         openvino.convert(deploy, path, quantize, representative, batch_size)
         runner = openvino.OpenVINORunner(path, names)
+    elif format == "coreml":
+        coreml.convert(deploy, path, quantize, batch_size, uint8_input, names)
+        check = coreml.check_package(
+            path, *coreml.expected_features(deploy, names, batch_size, uint8_input),
+            parameters=deploy.count_params() if merge_bn else None, quantize=quantize,
+        )
+        if merge_bn and not check.ok:
+            raise RuntimeError(f"The CoreML program of {path} fails its checks: {'; '.join(check.problems)}.")
+        if not coreml.has_runtime():  # off macOS: what was checked, no numbers
+            if not verify_export:
+                return None
+            nan = float("nan")
+            return ExportReport(format, quantize, str(path), file_size(path), batch_size, nan, nan, [],
+                                unverified=coreml.NO_RUNTIME, checks=check.lines())
+        runner = coreml.CoreMLRunner(path, "ALL")
+        if uint8_input:
+            image_runner = runner
+
+            def runner(x):  # verify through the in-program normalisation
+                return image_runner(_to_uint8(x))
+
     elif format == "onnx":
         proto = onnx_export.export_onnx(deploy, path, batch_size)
         unsupported = onnx_export.unsupported_by_tensorrt(proto)
@@ -375,6 +428,14 @@ def export(
         keras_fn, runner, inputs, names, format, quantize, path, per_pixel=is_segmenter(model),
         expected=expected,
     )
+    if format == "coreml":
+        report.checks = check.lines()
+        cpu = coreml.CoreMLRunner(path, "CPU_ONLY")
+        report.variants["cpu_only"] = verify(
+            keras_fn, (lambda x: cpu(_to_uint8(x))) if uint8_input else cpu, inputs, names, format,
+            quantize, path, per_pixel=is_segmenter(model), expected=expected,
+            keras_latency_ms=report.keras_latency_ms,
+        )
     if format == "openvino" and openvino.has_bf16():
         bf16 = openvino.OpenVINORunner(path, names, precision="bf16")
         report.variants["bf16"] = verify(

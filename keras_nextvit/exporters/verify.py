@@ -50,9 +50,16 @@ class ExportReport:
     outputs: list
     # the same artifact run another way (OpenVINO: "bf16" arithmetic)
     variants: dict = dataclasses.field(default_factory=dict)
+    # why the artifact's numbers were not verified (no runtime here: CoreML off macOS); then
+    # ``outputs`` is empty and the latencies are NaN
+    unverified: str | None = None
+    # what was checked without running it (CoreML: operators, inputs and outputs, size)
+    checks: list = dataclasses.field(default_factory=list)
 
     def output(self, name=None):
         """The check of output ``name`` (default: the first)."""
+        if not self.outputs:
+            raise ValueError(f"No output of {self.path} was compared with Keras: {self.unverified}.")
         if name is None:
             return self.outputs[0]
         for check in self.outputs:
@@ -73,11 +80,15 @@ class ExportReport:
         return self.output().top1_agreement
 
     def __str__(self):
-        lines = [
-            f"{self.format} ({self.quantize}) -> {self.path}",
-            f"  size {self.file_size_bytes / 2**20:.1f} MiB; latency (batch {self.batch_size}, "
-            f"median) {self.latency_ms:.1f} ms vs Keras {self.keras_latency_ms:.1f} ms",
-        ]
+        lines = [f"{self.format} ({self.quantize}) -> {self.path}"]
+        if self.unverified:
+            lines.append(f"  size {self.file_size_bytes / 2**20:.1f} MiB; numbers {self.unverified}")
+        else:
+            lines.append(
+                f"  size {self.file_size_bytes / 2**20:.1f} MiB; latency (batch {self.batch_size}, "
+                f"median) {self.latency_ms:.1f} ms vs Keras {self.keras_latency_ms:.1f} ms"
+            )
+        lines += [f"  checked: {line}" for line in self.checks]
         for c in self.outputs:
             kind = "per-pixel top-1" if c.per_pixel else "top-1"
             top1 = "" if c.top1_agreement is None else f", {kind} agreement {c.top1_agreement:.2%}"
