@@ -331,6 +331,35 @@ def test_runner_feeds_pixels_to_an_image_input_and_arrays_to_an_array_input(pack
         coreml.CoreMLRunner(packages["features"].path, "GPU")
 
 
+@needs_coremltools
+def test_on_a_mac_the_export_verifies_on_all_units_and_the_cpu(packages, tiny, tmp_path, monkeypatch):
+    """Where CoreML runs (macOS), the report compares the package with Keras
+    on compute units ALL, and on the CPU alone as a variant. Here a runner
+    that computes the Keras model (rounded to float16 off the CPU) stands in
+    for CoreML, and the classifier's package for the conversion."""
+    import shutil
+
+    units = []
+
+    class Runner:
+        def __init__(self, path, compute_units):
+            units.append(compute_units)
+            self.units = compute_units
+
+        def __call__(self, images):
+            out = np.asarray(tiny(images, training=False))
+            return [out if self.units == "CPU_ONLY" else out.astype(np.float16).astype(np.float32)]
+
+    monkeypatch.setattr(coreml, "convert", lambda model, path, *args: shutil.copytree(packages["classifier"].path, path))
+    monkeypatch.setattr(coreml, "has_runtime", lambda: True)
+    monkeypatch.setattr(coreml, "CoreMLRunner", Runner)
+    report = keras_nextvit.export(tiny, tmp_path / "m.mlpackage", format="coreml")
+    assert units == ["ALL", "CPU_ONLY"] and report.unverified is None
+    assert report.cosine > 0.9999 and report.top1_agreement == 1
+    assert report.variants["cpu_only"].max_abs_error < 1e-4 * report.output().max_abs_reference
+    assert "checked: operators:" in str(report) and "latency" in str(report)
+
+
 def test_check_tool_loads_the_coreml_code_without_tensorflow():
     """The Mac that runs `check` need not have TensorFlow or Keras."""
     code = (
