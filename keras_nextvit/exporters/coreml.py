@@ -298,12 +298,13 @@ def concrete_function(model, batch_size=1, uint8_input=False):
 @contextlib.contextmanager
 def _quiet_progress():
     """coremltools draws a progress bar per conversion stage (six per
-    model); draw none."""
+    model) and one for weight quantization; draw none."""
     modules = [
         ("coremltools.converters.mil.mil.passes.pass_pipeline", "tqdm"),
         ("coremltools.converters.mil.frontend.tensorflow.convert_utils", "_tqdm"),
         ("coremltools.converters.mil.frontend.tensorflow.load", "_tqdm"),
         ("coremltools.converters.mil.frontend.tensorflow2.load", "_tqdm"),
+        ("coremltools.optimize.coreml._quantization_passes", "tqdm"),
     ]
     import importlib
 
