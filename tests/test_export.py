@@ -453,8 +453,8 @@ def test_int8_without_representative_data(model, tmp_path, quantize):
 
 
 def test_unknown_format_and_mode(model, tmp_path):
-    with pytest.raises(ValueError, match="Unknown export format 'coreml'"):
-        keras_nextvit.export(model, tmp_path / "m", format="coreml")
+    with pytest.raises(ValueError, match="Unknown export format 'torchscript'"):
+        keras_nextvit.export(model, tmp_path / "m", format="torchscript")
     with pytest.raises(ValueError, match="quantize='int4' is not available for tflite"):
         keras_nextvit.export(model, tmp_path / "m.tflite", format="tflite", quantize="int4")
     with pytest.raises(ValueError, match="quantize='float16' is not available for onnx"):
