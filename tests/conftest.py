@@ -250,6 +250,7 @@ def digits(pytestconfig, tmp_path_factory):
 SPLIT_BY_TEST = {"test_tutorials.py", "test_backends.py", "test_training.py"}
 SECONDS = {
     "test_export.py": 254,
+    "test_export_coreml.py": 228,
     "test_hub.py": 139,
     "test_tutorials.py::test_tutorial_runs::03_deployment": 129,
     "test_detection_training.py": 121,
