@@ -123,35 +123,33 @@ DETECTOR_MESSAGE = (
 # as data. Apple publishes no per-operator list for the Neural Engine: Core ML
 # decides where each operation runs when it compiles the model, and Xcode's
 # performance report (or coremltools' MLComputePlan, macOS 14.4+) shows the
-# decision. This list is assembled from
+# decision. The list takes the operators Next-ViT's classifiers, feature
+# extractors and segmenters convert to (and ``linear``, ``split`` and
+# ``batch_norm``, which other forms and ``merge_bn=False`` give) that these
+# sources say run there:
 #   - Apple's "Deploying Transformers on the Apple Neural Engine" (machine
 #     learning research article, 2022) and its reference code
 #     (apple/ml-ane-transformers), which build attention for the Neural
 #     Engine from conv, matmul/einsum, softmax, layer_norm, split, concat,
-#     reshape and transpose;
-#   - the layers reported to run on the Neural Engine, and the ones reported
-#     not to (gather, dynamic shapes, custom and recurrent layers), in
-#     hollance/neural-engine's "Which Core ML layers are not supported by the
-#     ANE?" (experimental findings, not Apple's);
-# restricted to what Next-ViT's classifiers, feature extractors and
-# segmenters convert to. An operator outside it is reported, not assumed to
-# fail: it may run on the Neural Engine all the same; tools/coreml_check.py
-# prints where each operator runs on a Mac.
+#     reshape and transpose, with elementwise arithmetic and pooling;
+#   - hollance/neural-engine's notes on which Core ML layers do and do not
+#     run on the Neural Engine (experimental findings, not Apple's; among
+#     those that do not: gather, dynamic shapes, custom and recurrent layers).
+# An operator outside it is reported, not assumed to fail: it may run on the
+# Neural Engine all the same; tools/coreml_check.py prints where Core ML plans
+# each operator on a Mac.
 NEURAL_ENGINE_OPS = frozenset({
-    # weights and weight decompression (evaluated when the model loads)
-    "const", "constexpr_affine_dequantize", "constexpr_lut_to_dense", "constexpr_blockwise_shift_scale",
+    # weights, and int8 weights expanded to float16 when the model loads
+    "const", "constexpr_affine_dequantize",
     # convolution, matrix products, pooling
-    "conv", "conv_transpose", "matmul", "linear", "einsum", "avg_pool", "max_pool",
-    # elementwise and activations
-    "add", "sub", "mul", "real_div", "maximum", "minimum", "relu", "clip", "sigmoid", "gelu", "silu",
-    "softmax",
-    # normalisation and reductions
-    "batch_norm", "layer_norm", "instance_norm", "reduce_mean", "reduce_sum", "reduce_max",
+    "conv", "matmul", "linear", "avg_pool",
+    # elementwise, activations, normalisation, reductions
+    "add", "sub", "mul", "relu", "softmax", "batch_norm", "reduce_mean",
     # layout (cheap only in moderation: see the cast/transpose chain check)
-    "reshape", "transpose", "expand_dims", "squeeze", "concat", "split", "slice_by_index", "pad",
-    # resizing (the segmenters' upsampling)
-    "upsample_bilinear", "upsample_nearest_neighbor", "resize_bilinear", "resize_nearest_neighbor",
-    # dtype changes: allowed at the program's inputs and outputs only (see CHAIN_OPS)
+    "reshape", "transpose", "expand_dims", "squeeze", "concat", "split", "pad",
+    # the segmenters' upsampling
+    "upsample_bilinear", "upsample_nearest_neighbor",
+    # dtype changes: at the program's inputs and outputs only (see CHAIN_OPS)
     "cast",
 })
 # Operators that only move or retype data: two in a row (a transpose of a
