@@ -101,7 +101,7 @@ def test_the_box_head_trains_on_the_recipes_number_of_rois(tmp_path, monkeypatch
     carries it to the trainer."""
     assert training.RECIPES["1x"].rcnn_sample_num == 512 == training.assigner.RCNN_SAMPLER["num"]
     batch = pipeline.collate([pipeline.training_example(r, scale=(112, 64)) for r in shapes_dataset(tmp_path)])
-    detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3)
+    detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3, channels=16, fc_channels=32)
     counts = []
     pooled = training.multilevel_roi_align
 
@@ -109,14 +109,23 @@ def test_the_box_head_trains_on_the_recipes_number_of_rois(tmp_path, monkeypatch
         counts.append((int(size), int(np.shape(rois)[0])))
         return pooled(features, rois, size, *args, **kwargs)
 
+    whole_map = training.multilevel_roi_align_whole_map
+
+    def counting_per_image(features, boxes, size, *args, **kwargs):  # the traced graph's: (images, rows, 4)
+        counts.append((int(size), int(boxes.shape[0]) * int(boxes.shape[1])))
+        return whole_map(features, boxes, size, *args, **kwargs)
+
     monkeypatch.setattr(training, "multilevel_roi_align", counting)
-    sampled = {}
-    for num in (None, 16):
-        counts.clear()
-        training.detector_losses(detector, batch, keras.random.SeedGenerator(0), rcnn_sample_num=num)
-        sampled[num] = [n for size, n in counts if size == 7]  # the box head's 7x7 RoIAlign
-    assert sampled[16] == [2 * 16]  # two images
-    assert len(sampled[None]) == 1 and sampled[None][0] > 2 * 16
+    monkeypatch.setattr(training, "multilevel_roi_align_whole_map", counting_per_image)
+    for traced in (False, True):  # the eager RoI steps and the traced graph (rows beyond the sample weigh 0)
+        sampled = {}
+        for num in (None, 16):
+            counts.clear()
+            training.detector_losses(detector, batch, keras.random.SeedGenerator(0), rcnn_sample_num=num,
+                                     traced=traced)
+            sampled[num] = [n for size, n in counts if size == 7]  # the box head's 7x7 RoIAlign
+        assert sampled[16] == [2 * 16]  # two images
+        assert len(sampled[None]) == 1 and sampled[None][0] > 2 * 16
     with pytest.raises(ValueError, match="rcnn_sample_num must be at least 1"):
         training.detector_losses(detector, batch, rcnn_sample_num=0)
 
@@ -418,3 +427,115 @@ def test_the_3x_recipe_trains_on_multiscale_draws(tmp_path):
     assert math.isfinite(float(out["loss"])) and float(out["loss_mask"]) > 0
     grads = tape.gradient(out["loss"], detector.trainable_variables)
     assert all(np.isfinite(g.numpy()).all() for g in grads if g is not None)
+
+
+def _module(name):
+    import importlib
+
+    return importlib.import_module(f"keras_nextvit.detection.{name}")  # the module, not a same-named function
+
+
+def test_whole_map_roi_align_equals_the_windowed_one():
+    """The traced step's RoIAlign (fixed boxes per image, whole-map
+    products) pools what the windowed one does: every level, a box over
+    the whole image, an empty one, thin ones, boxes on the edges."""
+    roi_align_lib = _module("roi_align")
+    rng = np.random.default_rng(0)
+    features = [rng.normal(size=(2, 480 // s, 512 // s, 4)).astype("float32") for s in (4, 8, 16, 32)]
+    x1, y1 = rng.uniform(0, 500, (2, 14)), rng.uniform(0, 470, (2, 14))
+    boxes = np.stack([x1, y1, np.minimum(x1 + rng.uniform(0, 500, (2, 14)), 512),
+                      np.minimum(y1 + rng.uniform(0, 480, (2, 14)), 480)], -1).astype("float32")
+    boxes[0, :4] = [[0, 0, 512, 480], [30, 30, 30, 30], [0, 100, 512, 104], [508, 0, 512, 480]]
+    boxes[1, :2] = [[0, 0, 200, 200], [300, 250, 512, 480]]
+    rois = np.concatenate([np.repeat([0.0, 1.0], 14)[:, None], boxes.reshape(-1, 4)], 1).astype("float32")
+    levels = keras.ops.convert_to_numpy(roi_align_lib.map_roi_levels(rois))
+    assert set(levels) == {0, 1, 2, 3}
+    for size in (7, 14):
+        whole = roi_align_lib.multilevel_roi_align_whole_map(features, boxes, size)
+        windowed = roi_align_lib.multilevel_roi_align(features, rois, size)
+        assert_close(np.reshape(whole, (28, size, size, 4)), windowed, rel=1e-6)
+
+
+def test_static_mask_targets_and_proposals_equal_the_eager_ones():
+    """The traced step's mask targets and RPN proposals (static shapes)
+    equal :func:`targets.mask_targets` and :func:`rpn_proposals`: the same
+    proposals in the same order, then padding, boxes too small for
+    ``min_bbox_size`` left out."""
+    import tensorflow as tf
+
+    targets_lib, rpn_head = _module("targets"), _module("rpn_head")
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:40, 0:56]
+    masks = np.stack([(xx - cx) ** 2 / 90 + (yy - cy) ** 2 / 40 < 1 for cx, cy in ((10, 12), (30, 25), (45, 8))])
+    boxes = np.array([[2, 5, 20, 20], [18, 15, 44, 36], [35, -3, 60, 14], [0, 0, 56, 40], [20, 20, 21, 20.5]],
+                     np.float32)
+    index = np.array([0, 1, 2, 1, 0])
+    eager = targets_lib.mask_targets(masks, boxes, index)
+    static = keras.ops.convert_to_numpy(targets_lib.mask_targets_whole_map(masks.astype("float32"), boxes, index))
+    assert eager.sum() > 500 and np.array_equal(static, eager)
+
+    level_shapes = [(24, 32), (12, 16), (6, 8), (3, 4), (2, 2)]
+    anchors = keras_nextvit.detection.level_anchors(level_shapes)
+    cls_maps = [rng.normal(size=(h, w, 3)).astype("float32") for h, w in level_shapes]
+    reg_maps = [rng.normal(0, 0.5, size=(h, w, 12)).astype("float32") for h, w in level_shapes]
+    counts = []
+    for changes in ({}, {"max_per_img": 3000}, {"min_bbox_size": 6, "nms_pre": 500, "max_per_img": 2000}):
+        cfg = dict(training.RPN_TRAIN_PROPOSALS, **changes)
+        found = keras.ops.convert_to_numpy(rpn_head.rpn_proposals(cls_maps, reg_maps, anchors, (90, 120), cfg))
+        padded, valid = tf.function(rpn_head.rpn_proposals_static)(cls_maps, reg_maps, anchors,
+                                                                   tf.constant([90.0, 120.0]), cfg)
+        counts.append((len(found), cfg["max_per_img"]))
+        assert padded.shape == (cfg["max_per_img"], 4)
+        assert np.array_equal(valid.numpy(), np.arange(cfg["max_per_img"]) < len(found))
+        np.testing.assert_array_equal(padded.numpy()[: len(found)], found[:, :4])
+    # cut at max_per_img, then padded (fewer boxes left after NMS), then fewer still (small ones dropped)
+    assert counts[0] == (1000, 1000) and 1000 < counts[1][0] < 3000 and 100 < counts[2][0] < counts[1][0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a GradientTape step")
+def test_traced_losses_equal_the_eager_ones(tmp_path):
+    """On small images the targets and RoI losses run as one traced graph
+    (``traced="auto"``): with more RoIs asked than there are candidates
+    (no random choice among them), its losses and gradients are the eager
+    path's. ``auto`` keeps the eager path on 800x1216 images and for the
+    published 256-channel heads."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    batch = pipeline.collate([pipeline.training_example(r, scale=(112, 64)) for r in shapes_dataset(tmp_path)])
+    detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3, channels=16, fc_channels=32)
+    dense = detector(batch["images"])
+    sampler = dict(training.assigner.RCNN_SAMPLER, num=1100)
+    assert training._traced_fits(dense["fpn"], batch, sampler)
+    maps = lambda height, width, channels: [  # noqa: E731 (stand-ins: only their shapes are read)
+        type("Map", (), {"shape": (2, height // 2**k, width // 2**k, channels)})() for k in range(5)]
+    large = dict(batch, images=np.zeros((2, 800, 1216, 3), "float32"))
+    assert not training._traced_fits(maps(200, 304, 16), large, sampler)  # whole-map RoIAlign on large maps
+    assert not training._traced_fits(maps(16, 24, 256), batch, dict(sampler, num=512))  # 256-channel mask head
+    results = []
+    for traced in (False, True):
+        with tf.GradientTape() as tape:
+            out = training.detector_losses(detector, batch, 3, rcnn_sample_num=1100, traced=traced)
+        results.append((out, tape.gradient(out["loss"], detector.trainable_variables)))
+    (eager, eager_grads), (graph, graph_grads) = results
+    for name in eager:
+        assert float(eager[name]) > 0 and abs(float(graph[name]) - float(eager[name])) <= 1e-5 * float(eager[name])
+    largest = max(float(np.abs(g).max()) for g in eager_grads)
+    for variable, a, b in zip(detector.trainable_variables, graph_grads, eager_grads):
+        assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-4 * largest, variable.path
+
+
+def test_narrow_detectors():
+    """``channels`` / ``fc_channels`` set the neck's and heads' widths, and
+    survive the config; bad values are refused."""
+    detector = keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3, channels=16, fc_channels=32)
+    assert detector.bbox_head.shared_fcs_1.kernel.shape == (32, 32)
+    assert detector.mask_head.conv_logits.kernel.shape[-2:] == (16, 3)
+    out = detector(np.zeros((1, 64, 64, 3), "float32"))
+    assert [tuple(p.shape)[-1] for p in out["fpn"]] == [16] * 5
+    again = keras_nextvit.detection.MaskRCNN.from_config(detector.get_config())
+    assert [w.shape for w in again.weights] == [w.shape for w in detector.weights]
+    for bad in ({"channels": 0}, {"fc_channels": 2.5}):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3, **bad)

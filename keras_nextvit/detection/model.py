@@ -48,7 +48,8 @@ PUBLISHED_GFLOPS = {"small": 290, "base": 340, "large": 391}
 # Stochastic depth of the upstream detection backbones (``nextvit_small`` 0.1,
 # ``_base`` and ``_large`` 0.2: presets.VARIANTS); 0.2 for custom depths.
 DROP_PATH_RATE = 0.2
-FPN_CHANNELS = 256
+FPN_CHANNELS = 256  # the neck's, RPN's and mask head's width (mmdet's neck.out_channels)
+FC_CHANNELS = 1024  # the box head's two layers (bbox_head.fc_out_channels)
 NUM_ANCHORS = 3
 # The test_cfg of all six published configs.
 TEST_CFG = {"rpn": dict(RPN_TEST_CFG), "rcnn": dict(RCNN_TEST_CFG)}
@@ -87,22 +88,23 @@ class MaskRCNN(keras.Model):
     """
 
     def __init__(self, depths=(3, 4, 10, 3), num_classes=80, test_cfg=None,
-                 drop_path_rate=DROP_PATH_RATE, **kwargs):
+                 drop_path_rate=DROP_PATH_RATE, channels=FPN_CHANNELS, fc_channels=FC_CHANNELS, **kwargs):
         super().__init__(**kwargs)
         self.depths = tuple(int(d) for d in depths)
         self.num_classes = int(num_classes)
         self.test_cfg = _test_cfg(test_cfg)
         self.drop_path_rate = drop_path_rate
+        self.channels, self.fc_channels = int(channels), int(fc_channels)
         self.backbone = build_backbone(self.depths, drop_path_rate)
-        self.neck = FPN(FPN_CHANNELS, num_levels=4, num_outs=5, name="neck")
-        self.rpn_head = RPNHead(FPN_CHANNELS, NUM_ANCHORS, name="rpn_head")
-        self.bbox_head = Shared2FCBBoxHead(self.num_classes, name="bbox_head")
-        self.mask_head = FCNMaskHead(self.num_classes, FPN_CHANNELS, name="mask_head")
+        self.neck = FPN(self.channels, num_levels=4, num_outs=5, name="neck")
+        self.rpn_head = RPNHead(self.channels, NUM_ANCHORS, name="rpn_head")
+        self.bbox_head = Shared2FCBBoxHead(self.num_classes, self.fc_channels, name="bbox_head")
+        self.mask_head = FCNMaskHead(self.num_classes, self.channels, name="mask_head")
         shapes = [tuple(t.shape) for t in self.backbone.outputs]
         self.neck.build(shapes)
         self.rpn_head.build(self.neck.compute_output_shape(shapes))
-        self.bbox_head.build((None, 7, 7, FPN_CHANNELS))
-        self.mask_head.build((None, 14, 14, FPN_CHANNELS))
+        self.bbox_head.build((None, 7, 7, self.channels))
+        self.mask_head.build((None, 14, 14, self.channels))
         self.built = True
 
     def torch_parts(self):
@@ -127,12 +129,15 @@ class MaskRCNN(keras.Model):
             num_classes=self.num_classes,
             test_cfg=self.test_cfg,
             drop_path_rate=self.drop_path_rate,
+            channels=self.channels,
+            fc_channels=self.fc_channels,
         )
         return config
 
 
 def NextViTMaskRCNN(variant="small", num_classes=80, weights=None, backbone_weights=None,
-                    test_cfg=None, name=None, drop_path_rate=None):
+                    test_cfg=None, name=None, drop_path_rate=None, channels=FPN_CHANNELS,
+                    fc_channels=FC_CHANNELS):
     """Next-ViT + Mask R-CNN, as the upstream COCO detectors (mmdet 2.23).
 
     Args:
@@ -149,6 +154,11 @@ def NextViTMaskRCNN(variant="small", num_classes=80, weights=None, backbone_weig
         drop_path_rate: the backbone's stochastic depth in training
             (default: upstream's, 0.1 for small, 0.2 for base, large and
             custom depths).
+        channels: the width of the FPN, the RPN and the mask head (256 in
+            every published detector); fc_channels: the box head's two
+            layers (1024). Narrower ones (e.g. 64 and 256) make a detector
+            that trains in minutes on a CPU, for experiments and the
+            tutorials; the published checkpoints do not load into them.
 
     Example:
 
@@ -165,12 +175,15 @@ def NextViTMaskRCNN(variant="small", num_classes=80, weights=None, backbone_weig
             "Pass weights= (a whole detection checkpoint) or backbone_weights= (an ImageNet "
             "checkpoint for the backbone), not both."
         )
+    for what, value in (("channels", channels), ("fc_channels", fc_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{what} must be a positive integer, got {value!r}.")
     depths = variant_depths(variant)
     tag = variant if isinstance(variant, str) else "custom"
     if drop_path_rate is None:
         drop_path_rate = presets.VARIANTS[variant]["drop_path_rate"] if isinstance(variant, str) else DROP_PATH_RATE
-    detector = MaskRCNN(depths, num_classes, test_cfg, drop_path_rate=float(drop_path_rate),
-                        name=name or f"nextvit_{tag}_mask_rcnn")
+    detector = MaskRCNN(depths, num_classes, test_cfg, drop_path_rate=float(drop_path_rate), channels=channels,
+                        fc_channels=fc_channels, name=name or f"nextvit_{tag}_mask_rcnn")
 
     from .. import weights as weights_lib
 
@@ -182,6 +195,6 @@ def NextViTMaskRCNN(variant="small", num_classes=80, weights=None, backbone_weig
 
 
 __all__ = [
-    "MaskRCNN", "NextViTMaskRCNN", "PUBLISHED", "PUBLISHED_GFLOPS", "PUBLISHED_PARAMS_M", "TEST_CFG",
-    "build_backbone",
+    "FC_CHANNELS", "FPN_CHANNELS", "MaskRCNN", "NextViTMaskRCNN", "PUBLISHED", "PUBLISHED_GFLOPS",
+    "PUBLISHED_PARAMS_M", "TEST_CFG", "build_backbone",
 ]

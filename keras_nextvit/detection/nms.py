@@ -134,6 +134,15 @@ def _batched_keep(boxes, scores, groups, real, iou_threshold, num_groups, size):
     return kept, ops.sum(ops.cast(kept_mask, "int32"))
 
 
+def batched_nms_static(boxes, scores, groups, real, iou_threshold, num_groups, size):
+    """:func:`batched_nms` with static shapes, for a traced graph: every
+    index of ``boxes`` ``(n, 4)``, the kept ones first in score order, and
+    their count. ``real`` ``(n,)``: the boxes taking part (give the others
+    the lowest scores: they then come after every real box of their group
+    and suppress none of them). ``size``: at least the largest group."""
+    return _batched_keep(boxes, scores, groups, real, float(iou_threshold), int(num_groups), int(size))
+
+
 def batched_nms(boxes, scores, groups, iou_threshold, max_num=None, num_groups=None):
     """mmcv's ``batched_nms``: indices of the kept boxes, best score first.
 
@@ -183,4 +192,4 @@ def nms(boxes, scores, iou_threshold, max_num=None):
     return batched_nms(boxes, scores, ops.zeros((n,), "int32"), iou_threshold, max_num, 1)
 
 
-__all__ = ["batched_nms", "nms"]
+__all__ = ["batched_nms", "batched_nms_static", "nms"]

@@ -222,6 +222,61 @@ def _window_groups(windows_h, windows_w, channels):
     return [np.flatnonzero(keys == key).astype("int32") for key in np.unique(keys)]
 
 
+def whole_map_weights(boxes, output_size, spatial_scale, height, width):
+    """RoIAlign's separable weights over whole axes, for boxes that lie on
+    a ``height x width`` map: ``(weights_y (R, out, height), weights_x (R,
+    out, width), samples (R,))`` for ``boxes`` ``(R, 4)`` ``(x1, y1, x2, y2)``
+    in input pixels. A bin is ``weights_y[p] . map . weights_x[q] /
+    samples``. Every size is static (the windows are the axes, the sample
+    loop runs to the largest grid a box inside the map can have), so this
+    traces into a fixed-shape graph."""
+    boxes = ops.convert_to_tensor(boxes, "float32")
+    rois = ops.concatenate([ops.zeros_like(boxes[:, :1]), boxes], axis=1)
+    out = int(output_size)
+    start_x, _, bin_w, grid_w = _axis(rois, 1, 3, spatial_scale, out)
+    start_y, _, bin_h, grid_h = _axis(rois, 2, 4, spatial_scale, out)
+    # a box inside the map spans at most the map: bins of at most length / out cells
+    max_grid = -(-max(int(height), int(width)) // out) + 1
+    origin = ops.zeros_like(grid_w)
+    weights_x = _axis_weights(start_x, bin_w, grid_w, int(width), out, origin, int(width), max_grid)
+    weights_y = _axis_weights(start_y, bin_h, grid_h, int(height), out, origin, int(height), max_grid)
+    return weights_y, weights_x, ops.cast(ops.maximum(grid_w * grid_h, 1), "float32")
+
+
+def multilevel_roi_align_whole_map(features, boxes, output_size, strides=ROI_STRIDES):
+    """:func:`multilevel_roi_align` for a fixed number of boxes per image,
+    as whole-map products: ``features`` NHWC P2..P5 of ``N`` images,
+    ``boxes`` ``(N, K, 4)`` (each inside its image) -> ``(N, K, out, out,
+    C)``. Each level pools every box with weights that are zero unless the
+    box maps to it, so every shape is static: a training step traces it
+    once. It costs ``N K out sum(H W) C`` multiply-adds per product (every
+    box against whole rows), cheap on the small maps of small images and
+    ruinous on large ones, where :func:`multilevel_roi_align` reads windows."""
+    boxes = ops.convert_to_tensor(boxes, "float32")
+    n, k = int(boxes.shape[0]), int(boxes.shape[1])
+    flat = ops.reshape(boxes, (n * k, 4))
+    levels = map_roi_levels(ops.concatenate([ops.zeros_like(flat[:, :1]), flat], axis=1), len(strides))
+    out = int(output_size)
+    pooled = 0.0
+    for level, (feature, stride) in enumerate(zip(features, strides)):
+        _, height, width, _ = (int(d) for d in feature.shape)
+        weights_y, weights_x, samples = whole_map_weights(flat, out, 1.0 / stride, height, width)
+        # the box's own level only, and the average over its samples, folded into the row weights
+        scale = ops.cast(ops.equal(levels, level), "float32") / samples
+        weights_y = ops.reshape(weights_y * scale[:, None, None], (n, k, out, height))
+        weights_x = ops.reshape(weights_x, (n, k, out, width))
+        feature = ops.convert_to_tensor(feature, "float32")
+
+        def pool(weights_y=weights_y, weights_x=weights_x, feature=feature):
+            rows = ops.einsum("nkph,nhwc->nkpwc", weights_y, feature)
+            return ops.einsum("nkpwc,nkqw->nkpqc", rows, weights_x)
+
+        # a level no box maps to is skipped (small images map every box to P2)
+        shape = (n, k, out, out, int(feature.shape[-1]))
+        pooled = pooled + ops.cond(ops.any(ops.equal(levels, level)), pool, lambda: ops.zeros(shape, "float32"))
+    return pooled
+
+
 def multilevel_roi_align(features, rois, output_size, strides=ROI_STRIDES, levels=None):
     """mmdet's ``SingleRoIExtractor``: each RoI pooled from its level of
     ``features`` (NHWC P2..P5), ``(R, out, out, C)`` in RoI order."""
@@ -248,4 +303,5 @@ def multilevel_roi_align(features, rois, output_size, strides=ROI_STRIDES, level
     return pooled
 
 
-__all__ = ["FINEST_SCALE", "ROI_STRIDES", "map_roi_levels", "multilevel_roi_align", "roi_align"]
+__all__ = ["FINEST_SCALE", "ROI_STRIDES", "map_roi_levels", "multilevel_roi_align", "multilevel_roi_align_whole_map",
+           "roi_align", "whole_map_weights"]

@@ -26,8 +26,8 @@ from keras import ops
 
 from ..layers import _PACKAGE, _Composite, _pointwise
 from .box_coder import decode
-from .compiled import compiled
-from .nms import batched_nms
+from .compiled import bucket, compiled
+from .nms import batched_nms, batched_nms_static
 
 RPN_TEST_CFG = {"nms_pre": 1000, "max_per_img": 1000, "iou_threshold": 0.7, "min_bbox_size": 0}
 
@@ -123,4 +123,34 @@ def rpn_proposals(cls_maps, reg_maps, anchors, img_shape, cfg=None):
     return ops.concatenate([ops.take(boxes, keep, axis=0), ops.take(scores, keep)[:, None]], axis=1)
 
 
-__all__ = ["RPNHead", "RPN_TEST_CFG", "rpn_proposals"]
+def rpn_proposals_static(cls_maps, reg_maps, anchors, img_shape, cfg=None):
+    """:func:`rpn_proposals` with static shapes, for a traced training step:
+    ``(boxes (max_per_img, 4), valid (max_per_img,))``, the proposals first,
+    best first, then padding. ``img_shape``: a tensor. The boxes that
+    :func:`rpn_proposals` drops before NMS (sides not above
+    ``min_bbox_size``) stay in, with the lowest scores and not counted."""
+    cfg = {**RPN_TEST_CFG, **(cfg or {})}
+    counts = [min(int(np.prod(c.shape)), int(cfg["nms_pre"])) for c in cls_maps]
+    boxes, scores, levels = _candidates(
+        [ops.convert_to_tensor(c, "float32") for c in cls_maps],
+        [ops.convert_to_tensor(r, "float32") for r in reg_maps],
+        [ops.convert_to_tensor(a, "float32") for a in anchors],
+        ops.cast(img_shape, "float32"),
+        int(cfg["nms_pre"]),
+    )
+    size = cfg["min_bbox_size"]
+    real = ops.logical_and(boxes[:, 2] - boxes[:, 0] > size, boxes[:, 3] - boxes[:, 1] > size)
+    scores = ops.where(real, scores, -np.inf)
+    kept, count = batched_nms_static(boxes, scores, levels, real, cfg["iou_threshold"], len(anchors),
+                                     bucket(max(counts)))
+    most = int(cfg["max_per_img"])
+    kept = kept[:most]
+    boxes = ops.take(boxes, kept, axis=0)
+    valid = ops.arange(int(kept.shape[0])) < ops.minimum(count, most)
+    if boxes.shape[0] < most:
+        boxes = ops.pad(boxes, ((0, most - int(boxes.shape[0])), (0, 0)))
+        valid = ops.pad(valid, ((0, most - int(valid.shape[0])),))
+    return boxes, valid
+
+
+__all__ = ["RPNHead", "RPN_TEST_CFG", "rpn_proposals", "rpn_proposals_static"]

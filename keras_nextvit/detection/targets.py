@@ -19,7 +19,7 @@ from keras import ops
 from . import assigner
 from .anchors import level_anchors, valid_flags
 from .box_coder import BBOX_HEAD_STDS, RPN_STDS, encode
-from .roi_align import roi_align
+from .roi_align import roi_align, whole_map_weights
 
 MASK_SIZE = 28
 
@@ -53,6 +53,24 @@ def mask_targets(gt_masks, boxes, gt_index, mask_size=MASK_SIZE):
     # the RoI's batch index picks its own mask
     pooled = roi_align(gt_masks[..., None], np.concatenate([index, boxes], 1), mask_size, 1.0)
     return (ops.convert_to_numpy(pooled)[..., 0] >= 0.5).astype(np.float32)
+
+
+def mask_targets_whole_map(gt_masks, boxes, gt_index, mask_size=MASK_SIZE):
+    """:func:`mask_targets` with static shapes (traced in a training step):
+    ``gt_masks`` ``(G, H, W)``, ``boxes`` ``(P, 4)``, ``gt_index`` ``(P,)``
+    (padded rows may hold anything) -> ``(P, mask_size, mask_size)`` 0/1.
+    The same RoIAlign, as products with whole-axis weights
+    (:func:`.roi_align.whole_map_weights`) on each RoI's own mask."""
+    gt_masks = ops.convert_to_tensor(gt_masks, "float32")
+    height, width = (int(d) for d in gt_masks.shape[1:])
+    boxes = ops.convert_to_tensor(boxes, "float32")
+    x = ops.clip(boxes[:, 0::2], 0.0, float(width))
+    y = ops.clip(boxes[:, 1::2], 0.0, float(height))
+    boxes = ops.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
+    weights_y, weights_x, samples = whole_map_weights(boxes, mask_size, 1.0, height, width)
+    own = ops.take(gt_masks, ops.cast(gt_index, "int32"), axis=0)  # (P, H, W)
+    pooled = ops.einsum("kph,khw,kqw->kpq", weights_y, own, weights_x) / samples[:, None, None]
+    return ops.cast(pooled >= 0.5, "float32")
 
 
 def rpn_targets(anchors, anchor_valid, gt_boxes, gt_valid, seed=None, assign_cfg=None, sample_cfg=None):
@@ -110,4 +128,4 @@ def roi_targets(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, seed=N
     return rois, labels, positive, negative, deltas, gt_inds
 
 
-__all__ = ["MASK_SIZE", "box_targets", "mask_targets", "roi_targets", "rpn_batch_targets", "rpn_targets"]
+__all__ = ["MASK_SIZE", "box_targets", "mask_targets", "mask_targets_whole_map", "roi_targets", "rpn_batch_targets", "rpn_targets"]

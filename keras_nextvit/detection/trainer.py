@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import trainer
 from . import dataset, pipeline, training
-from .model import NextViTMaskRCNN
+from .model import FC_CHANNELS, FPN_CHANNELS, NextViTMaskRCNN
 
 
 LOSSES = ("loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")
@@ -164,8 +164,9 @@ class DetectionTask(trainer.TrainingTask):
 
     def __init__(self, recipe, train_dir, split, variant, num_classes, weights, backbone_weights, seed,
                  epochs=None, max_steps_per_epoch=None, scale=None, val_dir=None, val_split="val2017",
-                 val_limit=None):
+                 val_limit=None, channels=FPN_CHANNELS, fc_channels=FC_CHANNELS):
         self.recipe, self.train_dir, self.split = recipe, train_dir, split
+        self.channels, self.fc_channels = channels, fc_channels
         self.val_dir, self.val_split, self.val_limit = val_dir, val_split, val_limit
         self.validation = None
         self.variant, self.num_classes = variant, num_classes
@@ -228,7 +229,8 @@ class DetectionTask(trainer.TrainingTask):
     def build_model(self):
         keras_file = str(self.weights).endswith(".weights.h5")  # Keras weights: same classes
         detector = NextViTMaskRCNN(self.variant, self.num_classes, backbone_weights=self.backbone_weights,
-                                   weights=self.weights if keras_file else None)
+                                   weights=self.weights if keras_file else None, channels=self.channels,
+                                   fc_channels=self.fc_channels)
         if self.weights is not None and not keras_file:
             start_from_checkpoint(detector, self.weights, self.variant)
         training.freeze_for_training(detector, self.recipe.frozen_stages, self.recipe.norm_eval)
@@ -273,7 +275,7 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
           backbone_weights=None, recipe="1x", split="train2017", epochs=None, batch_size=None,
           learning_rate=None, scale=None, max_steps_per_epoch=None, seed=0, resume=True,
           tensorboard=True, verbose="auto", callbacks=(), val_dir=None, val_split="val2017", val_limit=None,
-          rcnn_sample_num=None):
+          rcnn_sample_num=None, channels=FPN_CHANNELS, fc_channels=FC_CHANNELS):
     """Train or fine-tune a Next-ViT Mask R-CNN on a COCO-layout folder.
 
     Args:
@@ -303,6 +305,9 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
             at (1333, 800) by default). ``val_limit``: its first images only.
         rcnn_sample_num: override the recipe's RoIs per image for the box
             head (upstream 512; fewer make small images' steps cheaper).
+        channels, fc_channels: the detector's neck and head widths
+            (:func:`NextViTMaskRCNN`; narrower ones for quick experiments,
+            the published 256 and 1024 by default).
 
     Returns:
         :class:`keras_nextvit.trainer.TrainingResult` (``model``: the detector).
@@ -320,7 +325,7 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
         raise FileNotFoundError(f"{val_dir} is not a directory.")
     task = DetectionTask(recipe, train_dir, split, variant, num_classes, weights, backbone_weights, seed,
                          epochs=epochs, max_steps_per_epoch=max_steps_per_epoch, scale=scale, val_dir=val_dir,
-                         val_split=val_split, val_limit=val_limit)
+                         val_split=val_split, val_limit=val_limit, channels=channels, fc_channels=fc_channels)
     return trainer.run(task, output_dir, seed=seed, resume=resume, tensorboard=tensorboard, verbose=verbose,
                        callbacks=callbacks)
 

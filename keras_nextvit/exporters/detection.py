@@ -179,7 +179,7 @@ def post_processing_graph(detector, image_size):
             inputs.append(helper.make_tensor_value_info(f"{key}{i}", TensorProto.FLOAT, [1, h, w, channels]))
         if i <= 4:
             names[f"fpn{i}"] = f"fpn{i}"
-            inputs.append(helper.make_tensor_value_info(f"fpn{i}", TensorProto.FLOAT, [1, h, w, 256]))
+            inputs.append(helper.make_tensor_value_info(f"fpn{i}", TensorProto.FLOAT, [1, h, w, detector.channels]))
     inputs.append(helper.make_tensor_value_info("img_shape", TensorProto.FLOAT, [2]))
     inputs.append(helper.make_tensor_value_info("scale_factor", TensorProto.FLOAT, [4]))
     inputs.append(helper.make_tensor_value_info("score_thr", TensorProto.FLOAT, []))
