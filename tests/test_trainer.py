@@ -118,3 +118,34 @@ def test_commands_end_a_mistake_without_a_traceback(tool, tmp_path, capsys):
     assert main(["--train", str(tmp_path / "train"), "--variant", "1,1,x,1"]) == 2
     err = capsys.readouterr().err
     assert "error: --variant must be comma-separated integers" in err, err
+
+
+def test_without_tensorboard_a_run_warns_and_logs_to_csv(tmp_path, monkeypatch):
+    """TensorFlow no longer installs tensorboard, and Keras' TensorBoard
+    callback fails at the first epoch's end without it: the core says so
+    once and the run goes on, logging to log.csv."""
+    import importlib.util
+
+    class Tiny(trainer.TrainingTask):
+        epochs, steps_per_epoch = 2, 2
+
+        def build_model(self):
+            return keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+
+        def compile(self, model):
+            model.compile(optimizer="sgd", loss="mse")
+
+        def datasets(self, initial_epoch):
+            import tensorflow as tf
+
+            x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+            return tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(4).repeat(), None
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "tensorboard" else find_spec(name, *args))
+    with pytest.warns(UserWarning, match="pip install tensorboard"):
+        result = trainer.run(Tiny(), tmp_path / "run", tensorboard=True, verbose=0)
+    assert len(result.history["loss"]) == 2
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 3
+    assert not (tmp_path / "run" / "tensorboard").exists()

@@ -79,6 +79,20 @@ class StepLog(keras.callbacks.Callback):
         self._mean = mean
 
 
+def _tensorboard_installed():
+    """Whether the ``tensorboard`` package is there (TensorFlow no longer
+    installs it, and Keras' callback fails at the first epoch's end
+    without it); if not, say so and log to ``log.csv`` only."""
+    import importlib.util
+    import warnings
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        return True
+    warnings.warn("TensorBoard logs need the tensorboard package (pip install tensorboard): "
+                  "this run logs to log.csv only.", stacklevel=3)
+    return False
+
+
 @dataclasses.dataclass
 class TrainingResult:
     model: keras.Model
@@ -177,7 +191,7 @@ def run(task, output_dir, distribution="none", mixed_precision=None, seed=0, res
             ]
             if task.ema:
                 run_callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-            if tensorboard:
+            if tensorboard and _tensorboard_installed():
                 run_callbacks.append(keras.callbacks.TensorBoard(str(log_dir / "tensorboard")))
             run_callbacks += [step_log, *callbacks]
             history = {}
