@@ -164,9 +164,9 @@ class DetectionTask(trainer.TrainingTask):
 
     def __init__(self, recipe, train_dir, split, variant, num_classes, weights, backbone_weights, seed,
                  epochs=None, max_steps_per_epoch=None, scale=None, val_dir=None, val_split="val2017",
-                 val_limit=None, channels=FPN_CHANNELS, fc_channels=FC_CHANNELS):
+                 val_limit=None, channels=FPN_CHANNELS, fc_channels=FC_CHANNELS, drop_path_rate=None):
         self.recipe, self.train_dir, self.split = recipe, train_dir, split
-        self.channels, self.fc_channels = channels, fc_channels
+        self.channels, self.fc_channels, self.drop_path_rate = channels, fc_channels, drop_path_rate
         self.val_dir, self.val_split, self.val_limit = val_dir, val_split, val_limit
         self.validation = None
         self.variant, self.num_classes = variant, num_classes
@@ -230,7 +230,7 @@ class DetectionTask(trainer.TrainingTask):
         keras_file = str(self.weights).endswith(".weights.h5")  # Keras weights: same classes
         detector = NextViTMaskRCNN(self.variant, self.num_classes, backbone_weights=self.backbone_weights,
                                    weights=self.weights if keras_file else None, channels=self.channels,
-                                   fc_channels=self.fc_channels)
+                                   fc_channels=self.fc_channels, drop_path_rate=self.drop_path_rate)
         if self.weights is not None and not keras_file:
             start_from_checkpoint(detector, self.weights, self.variant)
         training.freeze_for_training(detector, self.recipe.frozen_stages, self.recipe.norm_eval)
@@ -275,7 +275,7 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
           backbone_weights=None, recipe="1x", split="train2017", epochs=None, batch_size=None,
           learning_rate=None, scale=None, max_steps_per_epoch=None, seed=0, resume=True,
           tensorboard=True, verbose="auto", callbacks=(), val_dir=None, val_split="val2017", val_limit=None,
-          rcnn_sample_num=None, channels=FPN_CHANNELS, fc_channels=FC_CHANNELS):
+          rcnn_sample_num=None, channels=FPN_CHANNELS, fc_channels=FC_CHANNELS, drop_path_rate=None):
     """Train or fine-tune a Next-ViT Mask R-CNN on a COCO-layout folder.
 
     Args:
@@ -308,6 +308,9 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
         channels, fc_channels: the detector's neck and head widths
             (:func:`NextViTMaskRCNN`; narrower ones for quick experiments,
             the published 256 and 1024 by default).
+        drop_path_rate: the backbone's stochastic depth (default:
+            upstream's, :func:`NextViTMaskRCNN`; a tiny backbone trained
+            from scratch learns faster without it).
 
     Returns:
         :class:`keras_nextvit.trainer.TrainingResult` (``model``: the detector).
@@ -325,7 +328,8 @@ def train(train_dir, output_dir="runs/detection", variant="small", num_classes=N
         raise FileNotFoundError(f"{val_dir} is not a directory.")
     task = DetectionTask(recipe, train_dir, split, variant, num_classes, weights, backbone_weights, seed,
                          epochs=epochs, max_steps_per_epoch=max_steps_per_epoch, scale=scale, val_dir=val_dir,
-                         val_split=val_split, val_limit=val_limit, channels=channels, fc_channels=fc_channels)
+                         val_split=val_split, val_limit=val_limit, channels=channels, fc_channels=fc_channels,
+                         drop_path_rate=drop_path_rate)
     return trainer.run(task, output_dir, seed=seed, resume=resume, tensorboard=tensorboard, verbose=verbose,
                        callbacks=callbacks)
 
