@@ -128,4 +128,5 @@ def roi_targets(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, seed=N
     return rois, labels, positive, negative, deltas, gt_inds
 
 
-__all__ = ["MASK_SIZE", "box_targets", "mask_targets", "mask_targets_whole_map", "roi_targets", "rpn_batch_targets", "rpn_targets"]
+__all__ = ["MASK_SIZE", "box_targets", "mask_targets", "mask_targets_whole_map", "roi_targets", "rpn_batch_targets",
+           "rpn_targets"]

@@ -262,8 +262,6 @@ def _traced_fits(pyramid, batch, sampler):
     padding adds within :data:`TRACED_MACS`, every box inside the images."""
     if keras.backend.backend() != "tensorflow":
         return False
-    from .inference import BOX_ROI_SIZE, MASK_ROI_SIZE
-
     cells = sum(int(p.shape[1]) * int(p.shape[2]) for p in pyramid[:4])
     channels = int(pyramid[0].shape[-1])
     images = len(batch["pad_shapes"])
@@ -307,8 +305,6 @@ def _losses_graph(detector, seed, sampler, training, pad_shapes):
     """The traced graph of :func:`_traced_losses` (made once per detector,
     seed generator, sampler, mode and padded image sizes)."""
     import tensorflow as tf
-
-    from .inference import BOX_ROI_SIZE, MASK_ROI_SIZE
 
     per_seed = _TRACED.setdefault(detector, weakref.WeakKeyDictionary()).setdefault(seed, {})
     key = (training, tuple(sorted(sampler.items())), pad_shapes)
@@ -372,6 +368,6 @@ def _traced_losses(detector, batch, dense, seed, sampler, training):
 
 
 __all__ = [
-    "DetectionRecipe", "RECIPES", "RPN_TRAIN_PROPOSALS", "TRACED_MACS", "build_optimizer", "dense_outputs", "detector_losses",
-    "freeze_for_training", "get_recipe", "release_for_inference",
+    "DetectionRecipe", "RECIPES", "RPN_TRAIN_PROPOSALS", "TRACED_MACS", "build_optimizer", "dense_outputs",
+    "detector_losses", "freeze_for_training", "get_recipe", "release_for_inference",
 ]
