@@ -539,3 +539,10 @@ def test_narrow_detectors():
     for bad in ({"channels": 0}, {"fc_channels": 2.5}):
         with pytest.raises(ValueError, match="must be a positive integer"):
             keras_nextvit.NextViTMaskRCNN((1, 1, 5, 1), num_classes=3, **bad)
+    # the training task builds what train(channels=, fc_channels=, drop_path_rate=) asks for
+    from keras_nextvit.detection import trainer as detection_trainer
+
+    task = detection_trainer.DetectionTask(training.RECIPES["1x"], "unused", "train2017", (1, 1, 5, 1), 3, None, None,
+                                           0, channels=16, fc_channels=32, drop_path_rate=0.0)
+    built = task.build_model().detector
+    assert (built.channels, built.fc_channels, built.drop_path_rate) == (16, 32, 0.0)
