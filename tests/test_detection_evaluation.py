@@ -96,7 +96,7 @@ def test_perfect_detections_score_one(coco_root, tmp_path):
     assert decoded.shape == SIZES[0]
 
 
-def test_scores_equal_pycocotools_on_the_written_results(coco_root, tmp_path):
+def test_scores_equal_pycocotools_on_the_written_results(coco_root, tmp_path, capsys):
     prefix = tmp_path / "shifted"
     scores = evaluation.evaluate_coco(ground_truth_predictor(coco_root, shift=3.0), coco_root,
                                       progress=False, results_prefix=str(prefix))
@@ -106,6 +106,10 @@ def test_scores_equal_pycocotools_on_the_written_results(coco_root, tmp_path):
         np.testing.assert_allclose(list(scores[kind].values()), expected)
     limited = evaluation.evaluate_coco(ground_truth_predictor(coco_root), coco_root, limit=1, progress=False)
     assert limited["num_images"] == 1
+    predict = ground_truth_predictor(coco_root, shift=3.0)
+    assert "Average Precision" in capsys.readouterr().out  # COCOeval's tables, unless quiet
+    quiet = evaluation.evaluate_coco(predict, coco_root, quiet=True)
+    assert quiet == scores and capsys.readouterr().out == ""
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ The folder is COCO's layout: ``{split}/*.jpg`` and
 ``annotations/instances_{split}.json`` (``split`` = ``val2017``).
 """
 
+import contextlib
+import io
 import json
 import os
 
@@ -72,7 +74,7 @@ def _summary(coco, results, iou_type):
 
 
 def evaluate_coco(predict, coco_root, split="val2017", limit=None, progress=True, results_prefix=None,
-                  masks=True, category_ids=None):
+                  masks=True, category_ids=None, quiet=False):
     """Detect every image of a COCO-layout folder and score the detections.
 
     Args:
@@ -88,11 +90,18 @@ def evaluate_coco(predict, coco_root, split="val2017", limit=None, progress=True
         category_ids: the category id of each class index (default: the
             annotation file's categories in its order, as
             :func:`.dataset.read_coco` numbers them; COCO's 80 for COCO).
+        quiet: print nothing (no progress bar, no pycocotools messages,
+            no COCOeval tables); the scores are returned either way.
 
     Returns:
         ``{"bbox": {metric: value}, "segm": {...}, "num_images": n}`` with
         COCOeval's mAP, mAP_50, mAP_75, mAP_s/m/l (fractions, not percent).
     """
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        return _evaluate(predict, coco_root, split, limit, progress, results_prefix, masks, category_ids)
+
+
+def _evaluate(predict, coco_root, split, limit, progress, results_prefix, masks, category_ids):
     import keras
 
     from ..segmentation.inference import read_image

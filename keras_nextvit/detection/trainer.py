@@ -138,7 +138,7 @@ class COCOValidation(keras.callbacks.Callback):
     scores it, as mmdet's ``evaluation = dict(metric=["bbox", "segm"])``:
     ``val_bbox_mAP``, ``val_bbox_mAP_50``, ``val_segm_mAP`` and
     ``val_segm_mAP_50`` go into the epoch's logs (``log.csv``, the history,
-    TensorBoard)."""
+    TensorBoard), quietly: pycocotools' own tables are not printed."""
 
     def __init__(self, root, split, scale, limit=None):
         super().__init__()
@@ -151,7 +151,7 @@ class COCOValidation(keras.callbacks.Callback):
 
         detector = self.model.detector
         scores = evaluate_coco(lambda image: detect(detector, image, scale=self.scale), self.root, self.split,
-                               limit=self.limit, progress=False)
+                               limit=self.limit, progress=False, quiet=True)
         self.last = {f"{kind}_{metric}": scores[kind][metric]
                      for kind in ("bbox", "segm") for metric in ("mAP", "mAP_50")}
         if logs is not None:
