@@ -13,7 +13,7 @@ checkpoints compute it), one module per part:
   :func:`detect` (mmdet's test pipeline in front);
 * :mod:`.coco` -- COCO's class names and category ids.
 
-Training (being built): :mod:`.dataset` (COCO-format instances, as
+Training: :mod:`.dataset` (COCO-format instances, as
 ``CocoDataset`` reads them), :mod:`.pipeline` (the training pipeline and
 ``collate``), :mod:`.assigner` (``MaxIoUAssigner``, ``RandomSampler``),
 :mod:`.targets` (RPN, box and mask targets), :mod:`.losses` (the five
