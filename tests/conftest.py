@@ -252,6 +252,7 @@ SECONDS = {
     "test_export.py": 254,
     "test_export_coreml.py": 141,
     "test_hub.py": 139,
+    "test_tutorials.py::test_tutorial_runs::08_detection_training": 170,
     "test_tutorials.py::test_tutorial_runs::03_deployment": 129,
     "test_detection_training.py": 144,
     "test_segmentation_training.py": 118,

@@ -25,6 +25,7 @@ EXPECTED_FIGURES = {
     "07_detection": [
         "07_detections.png", "07_anchors.png", "07_proposals.png", "07_roi_levels.png", "07_masks.png",
     ],
+    "08_detection_training": ["08_dataset.png", "08_curves.png", "08_detections.png"],
 }
 
 
