@@ -36,16 +36,18 @@ this has not yet run on a Mac.
 """
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import time
-import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # tools/exporters_alone.py, also when this file is loaded by its path
+try:
+    import exporters_alone
+finally:
+    sys.path.remove(HERE)
 ROOT = os.path.dirname(HERE)
-EXPORTERS = os.path.join(ROOT, "keras_nextvit", "exporters")
 QUANTIZE = ("float16", "none", "int8")
 
 # quantize -> (field, op, bar) on CPU_ONLY, and on the other compute units
@@ -114,15 +116,9 @@ def prepare(args):
 
 # ------------------------------------------------------------------ check
 def load_exporters():
-    """``coreml`` and ``verify`` from keras_nextvit/exporters, imported as a
-    package of their own so that neither TensorFlow nor Keras is needed."""
-    package = types.ModuleType("_nextvit_exporters")
-    package.__path__ = [EXPORTERS]
-    sys.modules[package.__name__] = package
-    return (
-        importlib.import_module("_nextvit_exporters.coreml"),
-        importlib.import_module("_nextvit_exporters.verify"),
-    )
+    """``coreml`` and ``verify`` from keras_nextvit/exporters, without
+    TensorFlow or Keras (``tools/exporters_alone.py``)."""
+    return exporters_alone.load("coreml", "verify")
 
 
 def bar_for(quantize, compute_units):

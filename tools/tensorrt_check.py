@@ -42,16 +42,18 @@ files. The check compares the same two functions either way.
 """
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import time
-import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # tools/exporters_alone.py, also when this file is loaded by its path
+try:
+    import exporters_alone
+finally:
+    sys.path.remove(HERE)
 ROOT = os.path.dirname(HERE)
-EXPORTERS = os.path.join(ROOT, "keras_nextvit", "exporters")
 
 BARS = {
     "fp32": ("relative_error", "<=", 1e-4),
@@ -125,15 +127,9 @@ def prepare(args):
 
 # ------------------------------------------------------------------ check
 def load_exporters():
-    """``tensorrt`` and ``verify`` from keras_nextvit/exporters, imported as a
-    package of their own so that neither TensorFlow nor Keras is needed."""
-    package = types.ModuleType("_nextvit_exporters")
-    package.__path__ = [EXPORTERS]
-    sys.modules[package.__name__] = package
-    return (
-        importlib.import_module("_nextvit_exporters.tensorrt"),
-        importlib.import_module("_nextvit_exporters.verify"),
-    )
+    """``tensorrt`` and ``verify`` from keras_nextvit/exporters, without
+    TensorFlow or Keras (``tools/exporters_alone.py``)."""
+    return exporters_alone.load("tensorrt", "verify")
 
 
 def precision_onnx(directory, precision):
