@@ -40,7 +40,7 @@ def replace_classifier(model, classes, classifier_activation=None, name=None):
     outputs = keras.layers.Dense(
         int(classes), activation=classifier_activation, name="head_fc", dtype=_head_dtype()
     )(features)
-    return keras.Model(model.inputs, outputs, name=name or model.name)
+    return keras.Model(model.input, outputs, name=name or model.name)
 
 
 def stage_layers(model, stage):

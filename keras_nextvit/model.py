@@ -315,7 +315,7 @@ def feature_extractor(model, name=None):
     >>> features = keras_nextvit.feature_extractor(keras_nextvit.NextViTSmall())
     """
     outputs = [model.get_layer(n).output for n in stage_block_names(model)]
-    return keras.Model(model.inputs, outputs, name=name or f"{model.name}_features")
+    return keras.Model(model.input, outputs, name=name or f"{model.name}_features")
 
 
 def convert_checkpoint(source, output, variant=None, input_size=None):

@@ -172,7 +172,7 @@ def class_activation_map(model, images, class_index=None):
     head = model.get_layer("head_fc")
     norm = model.get_layer("norm")
     last = model.get_layer(stage_block_names(model)[-1])
-    probe = keras.Model(model.inputs, [last.output, model.output])
+    probe = keras.Model(model.input, [last.output, model.output])
     features, logits = (_numpy(t) for t in probe(np.asarray(images, np.float32), training=False))
     if class_index is None:
         class_index = logits.argmax(axis=-1)

@@ -179,7 +179,7 @@ def segmenter_features(model, name=None):
 
     names = [extra_norm_name(s) for s in range(3)] + ["norm"]
     outputs = [model.get_layer(n).output for n in names]
-    return keras.Model(model.inputs, outputs, name=name or f"{model.name}_features")
+    return keras.Model(model.input, outputs, name=name or f"{model.name}_features")
 
 
 def segmenter_config(model):
